@@ -1,0 +1,46 @@
+# venue-agent — the two set-up commands are `make demo` and `make test`.
+# Each creates .venv and installs what it needs on a fresh Debian machine with only Python.
+
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint typecheck bench accuracy soak clean deps-test deps-demo system-deps
+
+$(VENV)/bin/python:
+	$(PY) -m venv $(VENV)
+
+$(VENV)/.dev-installed: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+$(VENV)/.demo-installed: pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install -q -e '.[demo]'
+	touch $@
+
+# Debian packages the real-parts tests need (Mosquitto broker and clients).
+system-deps:
+	@sh .ci/system-deps.sh
+
+deps-test: system-deps $(VENV)/.dev-installed
+deps-demo: $(VENV)/.demo-installed
+
+demo: deps-demo
+	$(BIN)/venue-agent demo --duration $${DEMO_SECONDS:-120}
+
+test: deps-test
+	$(BIN)/ruff check agent firmware_bridge kernels simulators tests bench
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: deps-test
+	$(BIN)/ruff check agent firmware_bridge kernels simulators tests bench
+
+typecheck: deps-test
+	$(BIN)/mypy
+
+soak: deps-test
+	$(BIN)/python -m pytest -m soak $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/out
