@@ -1,0 +1,189 @@
+"""`venue-agent` — a thin command line over the library.
+
+Exit codes: 0 ok, 1 runtime failure (message on stderr), 2 bad config or bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from agent.config import ConfigError, load_config, to_toml
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+
+
+def _load(path: str):  # type: ignore[no-untyped-def]
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(f"venue-agent: bad config: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    sys.stdout.write(f"# effective config of {args.config} (defaults filled in)\n")
+    sys.stdout.write(to_toml(cfg))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    _setup_logging(args.log_level or cfg.gateway.log_level)
+    from agent.runtime import Agent, StartupError
+
+    try:
+        agent = Agent(cfg)
+    except StartupError as e:
+        print(f"venue-agent: cannot start: {e}", file=sys.stderr)
+        return EXIT_FAIL
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if args.duration:
+            loop.call_later(args.duration, stop.set)
+        await agent.run(stop)
+
+    asyncio.run(main())
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent.demo import run_demo
+
+    _setup_logging(args.log_level)
+    return run_demo(duration_s=args.duration, broker=args.broker, seed=args.seed,
+                    workdir=Path(args.workdir) if args.workdir else None,
+                    console=not args.no_console)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from agent.demo import run_simulate
+
+    _setup_logging(args.log_level)
+    return run_simulate(scenario=args.scenario, workdir=Path(args.dir), broker_url=args.broker,
+                        seed=args.seed, truth_path=Path(args.truth) if args.truth else None,
+                        duration_s=args.duration)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from agent.console import watch
+
+    try:
+        watch(args.broker, args.venue, team=args.team, duration_s=args.duration)
+    except ValueError as e:
+        print(f"venue-agent: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    return EXIT_OK
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from firmware_bridge.decode_tool import run_decode
+
+    return run_decode(args.protocol, sys.stdin.buffer, sys.stdout, sys.stderr, port=args.port)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from agent.doctor import run_doctor
+
+    return run_doctor(_load(args.config), sys.stdout)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "run.py"
+    if not bench.exists():
+        print("venue-agent: the benchmarks ship with the source tree (bench/run.py); "
+              "run `make bench` in a checkout", file=sys.stderr)
+        return EXIT_FAIL
+    return subprocess.call([sys.executable, str(bench), *args.rest])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="venue-agent", description=(
+        "Edge agent for venues: reads RFID and BLE wristband readers, computes queue length, "
+        "wait, dwell and flow, and publishes crowding moments over MQTT."))
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("run", help="run the gateway (systemd runs this)")
+    s.add_argument("--config", required=True, help="gateway config (TOML)")
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--duration", type=float, default=0.0,
+                   help="stop after this many seconds (0: run until SIGTERM)")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("check-config", help="validate a config and print it with defaults")
+    s.add_argument("config")
+    s.set_defaults(func=cmd_check_config)
+
+    s = sub.add_parser("demo", help="simulated venue + broker + agent + live console")
+    s.add_argument("--duration", type=float, default=None,
+                   help="stop after this many seconds (default: run until Ctrl-C)")
+    s.add_argument("--broker", choices=["auto", "mosquitto", "embedded"], default="auto",
+                   help="auto: the local mosquitto if installed, else an embedded broker")
+    s.add_argument("--seed", type=int, default=7)
+    s.add_argument("--workdir", help="keep the demo's files here (default: a temp dir)")
+    s.add_argument("--no-console", action="store_true", help="no live view (logs only)")
+    s.add_argument("--log-level", default="warning",
+                   choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("simulate", help="only the virtual readers, for testing a real agent")
+    s.add_argument("--scenario", default="demo_rush")
+    s.add_argument("--dir", required=True,
+                   help="where to put the virtual serial ports and the agent config")
+    s.add_argument("--broker", default="mqtt://127.0.0.1:1883",
+                   help="broker URL written into the generated agent config")
+    s.add_argument("--truth", help="write ground truth as JSON lines to this file")
+    s.add_argument("--seed", type=int, default=7)
+    s.add_argument("--duration", type=float, default=None)
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("watch", help="dispatch console for staff")
+    s.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    s.add_argument("--venue", required=True)
+    s.add_argument("--team", help="only this team's dispatch alerts")
+    s.add_argument("--duration", type=float, default=None)
+    s.set_defaults(func=cmd_watch)
+
+    s = sub.add_parser("decode", help="reader bytes (stdin or --port) -> JSON lines")
+    s.add_argument("--protocol", required=True, choices=["em4100", "uhf-m100", "pn532", "ble"])
+    s.add_argument("--port", help="read from this pyserial URL instead of stdin")
+    s.set_defaults(func=cmd_decode)
+
+    s = sub.add_parser("doctor", help="check a gateway: config, ports, storage, broker")
+    s.add_argument("--config", required=True)
+    s.set_defaults(func=cmd_doctor)
+
+    s = sub.add_parser("bench", help="run the benchmarks (source checkout)")
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""The MQTT topic contract (v1) and the JSON envelope every payload carries.
+
+| topic                                        | QoS / retain         |
+|----------------------------------------------|----------------------|
+| venue/{venue}/gateway/{gateway}/status       | 1 / retained, Will   |
+| venue/{venue}/gateway/{gateway}/health       | 0                    |
+| venue/{venue}/zone/{zone}/state              | 1 / retained         |
+| venue/{venue}/moment/{zone}/{kind}           | 1                    |
+| venue/{venue}/dispatch/{team}                | 1                    |
+| venue/{venue}/nudge/{zone}                   | 1, message expiry    |
+
+Every payload is a JSON object with ``schema``, ``id`` (sortable, unique per message),
+``venue``, ``gateway`` and ``at`` (RFC 3339 UTC). Moments, dispatches and nudges form the
+*guaranteed* stream and carry ``seq`` (+1 per message, per gateway, surviving restarts);
+zone state carries its own ``seq`` where a skip is allowed (latest-wins).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.ids import new_id
+from agent.timefmt import rfc3339
+
+SCHEMA_STATUS = "venue-agent/status@1"
+SCHEMA_HEALTH = "venue-agent/health@1"
+SCHEMA_ZONE_STATE = "venue-agent/zone-state@1"
+SCHEMA_MOMENT = "venue-agent/moment@1"
+SCHEMA_DISPATCH = "venue-agent/dispatch@1"
+SCHEMA_NUDGE = "venue-agent/nudge@1"
+
+# Outbox sequence streams (see agent.outbox): one for the guaranteed stream, one for state.
+SEQ_GUARANTEED = "guaranteed"
+SEQ_STATE = "state"
+
+
+class Topics:
+    """Topic names for one gateway."""
+
+    def __init__(self, venue: str, gateway: str) -> None:
+        self.venue, self.gateway = venue, gateway
+        self.prefix = f"venue/{venue}"
+
+    @property
+    def status(self) -> str:
+        return f"{self.prefix}/gateway/{self.gateway}/status"
+
+    @property
+    def health(self) -> str:
+        return f"{self.prefix}/gateway/{self.gateway}/health"
+
+    def zone_state(self, zone: str) -> str:
+        return f"{self.prefix}/zone/{zone}/state"
+
+    def moment(self, zone: str, kind: str) -> str:
+        return f"{self.prefix}/moment/{zone}/{kind}"
+
+    def dispatch(self, team: str) -> str:
+        return f"{self.prefix}/dispatch/{team}"
+
+    def nudge(self, zone: str) -> str:
+        return f"{self.prefix}/nudge/{zone}"
+
+    def envelope(self, schema: str, at: float, **body: Any) -> dict[str, Any]:
+        """A payload with the fields every message carries, then ``body``."""
+        msg: dict[str, Any] = {"schema": schema, "id": new_id(), "venue": self.venue,
+                               "gateway": self.gateway, "at": rfc3339(at)}
+        msg.update(body)
+        return msg
