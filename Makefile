@@ -22,12 +22,13 @@ $(VENV)/.demo-installed: pyproject.toml | $(VENV)/bin/python
 # Debian packages the real-parts tests need (Mosquitto broker and clients).
 system-deps:
 	@sh .ci/system-deps.sh
+	@sh .ci/ble-deps.sh
 
 deps-test: system-deps $(VENV)/.dev-installed
 deps-demo: $(VENV)/.demo-installed
 
 demo: deps-demo
-	$(BIN)/venue-agent demo --duration $${DEMO_SECONDS:-120}
+	$(BIN)/venue-agent demo $${DEMO_SECONDS:+--duration $$DEMO_SECONDS}
 
 test: deps-test
 	$(BIN)/ruff check agent firmware_bridge kernels simulators tests bench

@@ -143,12 +143,25 @@ class MomentsConfig:
 
 
 @dataclass(frozen=True)
+class EstimationConfig:
+    """Tuning of the kernels (see kernels/README.md). The defaults suit rides with waits of
+    minutes to an hour; the demo venue, whose waits are seconds, shrinks the windows."""
+
+    max_tags: int = 131072  # tags tracked at once; the stalest are evicted beyond this
+    window_s: float = 900.0  # measured waits and dwells are taken over this window
+    rate_window_s: float = 300.0  # arrivals and throughput per minute over this window
+    fifo_slack_s: float = 120.0  # overtaking allowed before FIFO clearing of missed exits
+    min_measured_waits: int = 5  # below this many measured waits, Little's law is used
+
+
+@dataclass(frozen=True)
 class Config:
     venue: VenueConfig
     gateway: GatewayConfig
     broker: BrokerConfig
     storage: StorageConfig
     moments: MomentsConfig
+    estimation: EstimationConfig
     readers: tuple[ReaderConfig, ...]
     zones: tuple[ZoneConfig, ...]
     source: str = field(default="<memory>", compare=False)
@@ -320,7 +333,8 @@ def parse_config(text: str, file: str = "<memory>") -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(file, "", f"valid TOML ({e})") from None
 
-    known_sections = {"venue", "gateway", "broker", "storage", "moments", "readers", "zones"}
+    known_sections = {"venue", "gateway", "broker", "storage", "moments", "estimation",
+                      "readers", "zones"}
     for k in data:
         if k not in known_sections:
             raise ConfigError(file, k, "one of the sections " + ", ".join(sorted(known_sections)),
@@ -352,6 +366,11 @@ def parse_config(text: str, file: str = "<memory>") -> Config:
     if not storage.path:
         raise ConfigError(file, "storage.path", "a path for the gateway's SQLite database")
     moments = _Section(file, "moments", data.get("moments", {})).build(MomentsConfig)
+    estimation = _Section(file, "estimation", data.get("estimation", {})).build(EstimationConfig)
+    for name in ("max_tags", "window_s", "rate_window_s", "min_measured_waits"):
+        if getattr(estimation, name) <= 0:
+            raise ConfigError(file, f"estimation.{name}", "a number > 0",
+                              getattr(estimation, name))
 
     zones = tuple(_load_zone(file, i, z) for i, z in enumerate(_table_list(file, data, "zones")))
     readers = tuple(_load_reader(file, i, r)
@@ -374,7 +393,7 @@ def parse_config(text: str, file: str = "<memory>") -> Config:
                               f"'entry' or 'exit' for a reader in queue zone {r.zone!r}", r.role)
     _check_unique(file, "readers[].port", [r.port for r in readers if r.port])
     return Config(venue=venue, gateway=gateway, broker=broker, storage=storage, moments=moments,
-                  readers=readers, zones=zones, source=file)
+                  estimation=estimation, readers=readers, zones=zones, source=file)
 
 
 def _check_unique(file: str, key: str, values: list[str]) -> None:

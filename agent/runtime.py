@@ -21,7 +21,7 @@ import os
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -145,7 +145,11 @@ class Agent:
             zone_kind=np.array([KIND_CODES[z.kind] for z in cfg.zones], np.int8),
             zone_timeout_s=np.array([z.timeout_s for z in cfg.zones], np.float64),
         )
-        self.engine = kernels.ZoneEngine(topo, horizon_s=cfg.moments.forecast_horizon_s)
+        est = cfg.estimation
+        self.engine = kernels.ZoneEngine(
+            topo, max_tags=est.max_tags, window_s=est.window_s, rate_window_s=est.rate_window_s,
+            fifo_slack_s=est.fifo_slack_s, min_measured_waits=est.min_measured_waits,
+            horizon_s=cfg.moments.forecast_horizon_s)
         # Compile (or load from the cache) before the first real tick.
         self.engine.ingest(np.empty(0, np.float64), np.empty(0, np.uint64),
                            np.empty(0, np.int32), np.empty(0, np.float32))
@@ -180,17 +184,19 @@ class Agent:
                          birth=lambda: (self.topics.status, self._status_payload(True, "started")))
 
     def _start_readers(self) -> None:
-        from firmware_bridge.protocols import DEFAULT_BAUDRATE, make_decoder
-        from firmware_bridge.serial_link import SerialLink
+        from firmware_bridge.serial_link import open_reader_link
 
         for st in self.readers.values():
             r = st.config
             st.offline_since = self.clock()
             if r.protocol == "ble":
                 continue
-            link = SerialLink(r.id, r.port, make_decoder(r.protocol), self._reads_from_thread,
-                              baudrate=r.baudrate or DEFAULT_BAUDRATE[r.protocol],
-                              on_state=self._state_from_thread)
+            # The factory picks the decoder, baud rate and, for readers that only answer
+            # when asked (UHF, PN532), the polling driver.
+            link = open_reader_link(r.id, r.protocol, r.port, self._reads_from_thread,
+                                    baudrate=r.baudrate or None,
+                                    poll_interval_s=r.poll_interval_s,
+                                    on_state=self._state_from_thread)
             link.start()
             self._links.append(link)
             log.info("reader %s: %s on %s (zone %s, %s)", r.id, r.protocol, r.port, r.zone,
@@ -355,12 +361,12 @@ class Agent:
                 "last_read_at": (rfc3339(st.last_read_ts)
                                  if st.last_read_ts else None),
                 "error": st.last_error}
-        pub = self.publisher.stats() if hasattr(self, "publisher") else {}
+        pub = asdict(self.publisher.stats()) if hasattr(self, "publisher") else {}
         return {"uptime_s": round(now - self.started_at, 1), "readers": readers,
                 "outbox_depth": self.outbox.depth(), "publisher": pub,
                 "cpu_pct": round(cpu_pct, 1), "rss_mb": round(rss_mb(), 1),
                 "tick_ms": round(self.tick_ms_last, 3), "tick_ms_max": round(self.tick_ms_max, 3),
-                "live_tags": int(np.sum(self.engine.live_tags()))}
+                "live_tags": self.engine.live_tags}
 
     # ------------------------------------------------------------------ main
     async def run(self, stop: asyncio.Event | None = None) -> None:

@@ -1,0 +1,42 @@
+"""Zone kernels: per-tag presence state and per-zone queue/area metrics, compiled with numba.
+
+Public API (see README.md in this package for semantics):
+
+- codes: ROLE_*, KIND_*, METHOD_*
+- Topology: readers and zones as arrays
+- ZoneEngine: the compiled engine; ZoneMetrics: what ``tick`` returns
+- ReferenceEngine: the plain-Python twin used as the test oracle
+
+numba reads ``NUMBA_CACHE_DIR`` when it is first imported: set it before importing this
+package if compiled kernels should be cached somewhere other than next to the sources.
+"""
+
+from .engine import EngineParams, ZoneEngine, ZoneMetrics
+from .reference import ReferenceEngine
+from .topology import (
+    KIND_AREA,
+    KIND_QUEUE,
+    METHOD_LITTLE,
+    METHOD_MEASURED,
+    METHOD_NONE,
+    ROLE_ENTRY,
+    ROLE_EXIT,
+    ROLE_PRESENCE,
+    Topology,
+)
+
+__all__ = [
+    "KIND_AREA",
+    "KIND_QUEUE",
+    "METHOD_LITTLE",
+    "METHOD_MEASURED",
+    "METHOD_NONE",
+    "ROLE_ENTRY",
+    "ROLE_EXIT",
+    "ROLE_PRESENCE",
+    "EngineParams",
+    "ReferenceEngine",
+    "Topology",
+    "ZoneEngine",
+    "ZoneMetrics",
+]

@@ -1,0 +1,156 @@
+"""EM4100 125 kHz readers that speak the ASCII serial protocol (RDM6300, ID-12LA, ID-20LA).
+
+Byte layout of one frame (9600 baud, 8N1, reader to host only)::
+
+    RDM6300 (14 bytes):  02 | D0 D1 .. D9 | C0 C1 | 03
+    ID-12LA/ID-20LA (16): 02 | D0 D1 .. D9 | C0 C1 | 0D 0A | 03
+
+``D0..D9`` are 10 ASCII hex digits for 5 data bytes: the version (customer) byte, then the
+4-byte card id, most significant byte first. ``C0 C1`` are 2 ASCII hex digits of the XOR of
+those 5 data bytes. Readers send upper case; lower case is accepted too.
+
+Example (RDM6300 datasheet): ``02 "62E3086CED" "08" 03`` is version 0x62, card id
+0xE3086CED = 3808980205, checksum 0x62^0xE3^0x08^0x6C^0xED = 0x08.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from firmware_bridge.records import DecoderStats, RawRead
+
+PROTOCOL = "em4100"
+
+STX = 0x02
+ETX = 0x03
+CR = 0x0D
+LF = 0x0A
+
+#: Frame lengths in bytes: without and with the CR LF that ID-12LA/ID-20LA send before ETX.
+FRAME_LEN = 14
+FRAME_LEN_CRLF = 16
+
+# Index of the first byte after the 12 hex digits (ETX or CR).
+_TAIL = 13
+
+_HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
+
+
+def xor_checksum(data: bytes) -> int:
+    """XOR of all bytes of ``data`` (the EM4100 ASCII frame checksum)."""
+    acc = 0
+    for b in data:
+        acc ^= b
+    return acc
+
+
+def encode(tag: bytes, *, crlf: bool = False) -> bytes:
+    """Frame the 5 data bytes ``tag`` (version byte + 4-byte id) as a reader would send them.
+
+    ``crlf=True`` gives the 16-byte ID-12LA/ID-20LA variant. Raises ``ValueError`` when
+    ``tag`` is not exactly 5 bytes (encoders are for our own simulators, so fail loudly).
+    """
+    if len(tag) != 5:
+        raise ValueError(f"EM4100 tag must be 5 bytes (version + 4-byte id), got {len(tag)}")
+    body = tag.hex().upper().encode("ascii") + f"{xor_checksum(tag):02X}".encode("ascii")
+    tail = b"\r\n\x03" if crlf else b"\x03"
+    return b"\x02" + body + tail
+
+
+def tag_number(tag_id: bytes) -> int:
+    """The 32-bit card id (what is printed on many cards) from the 5 data bytes.
+
+    The version byte is dropped: ``tag_number(bytes.fromhex("62E3086CED")) == 3808980205``.
+    """
+    return int.from_bytes(tag_id[-4:], "big")
+
+
+class Em4100Decoder:
+    """Incremental decoder for both EM4100 ASCII frame variants.
+
+    Feed it bytes as they arrive, split anywhere. Every input byte ends up either in a valid
+    frame or counted in ``stats.skipped_bytes`` (or is still buffered as a partial frame).
+    Each STX that does not begin a valid frame counts as one ``bad_frame``; scanning then
+    resumes at the byte after that STX, so a real frame that starts inside a broken one (a
+    reader unplugged mid-frame, line noise) is still found. ``on_bad_frame(stream_offset,
+    reason)``, if set, hears about each bad frame. Never raises on any input.
+    """
+
+    protocol = PROTOCOL
+
+    def __init__(self) -> None:
+        self.stats = DecoderStats()
+        self.on_bad_frame: Callable[[int, str], None] | None = None
+        self._buf = bytearray()
+        self._offset = 0  # stream offset of _buf[0]
+
+    def reset(self) -> None:
+        """Drop a partial frame (call after a reconnect: its tail will never arrive)."""
+        self.stats.skipped_bytes += len(self._buf)
+        self._offset += len(self._buf)
+        self._buf.clear()
+
+    def feed(self, data: bytes) -> list[RawRead]:
+        """Consume ``data``; return the reads completed by it, in order."""
+        buf = self._buf
+        buf += data
+        reads: list[RawRead] = []
+        pos = 0
+        n = len(buf)
+        while pos < n:
+            start = buf.find(STX, pos)
+            if start < 0:
+                self.stats.skipped_bytes += n - pos
+                pos = n
+                break
+            self.stats.skipped_bytes += start - pos
+            verdict = self._check(buf, start)
+            if verdict is None:  # a valid-so-far prefix: wait for more bytes
+                pos = start
+                break
+            if isinstance(verdict, str):
+                self.stats.bad_frames += 1
+                self.stats.skipped_bytes += 1  # the STX itself
+                if self.on_bad_frame is not None:
+                    self.on_bad_frame(self._offset + start, verdict)
+                pos = start + 1
+                continue
+            tag = bytes.fromhex(buf[start + 1 : start + 11].decode("ascii"))
+            reads.append(RawRead(PROTOCOL, tag))
+            self.stats.frames += 1
+            pos = start + verdict
+        del buf[:pos]
+        self._offset += pos
+        return reads
+
+    @staticmethod
+    def _check(buf: bytearray, start: int) -> int | str | None:
+        """Judge the candidate frame at ``buf[start]`` (an STX).
+
+        Returns the frame length when valid, the reason when it can no longer become valid,
+        or ``None`` when the bytes so far are a valid prefix and more are needed.
+        """
+        end = len(buf)
+        last_hex = min(start + _TAIL, end)
+        for i in range(start + 1, last_hex):
+            if buf[i] not in _HEX_DIGITS:
+                return f"byte 0x{buf[i]:02X} where a hex digit belongs"
+        if end - start < _TAIL:
+            return None
+        digits = bytes(buf[start + 1 : start + _TAIL]).decode("ascii")
+        if xor_checksum(bytes.fromhex(digits[:10])) != int(digits[10:], 16):
+            return "bad checksum"
+        if end - start == _TAIL:
+            return None
+        tail = buf[start + _TAIL]
+        if tail == ETX:
+            return FRAME_LEN
+        if tail != CR:
+            return "no ETX or CR after the checksum"
+        if end - start > _TAIL + 1 and buf[start + _TAIL + 1] != LF:
+            return "CR not followed by LF"
+        if end - start < FRAME_LEN_CRLF:
+            return None
+        if buf[start + _TAIL + 2] != ETX:
+            return "CR LF not followed by ETX"
+        return FRAME_LEN_CRLF

@@ -1,0 +1,288 @@
+"""Magic RF M100/QM100 UHF (EPC Gen2) reader modules: YRM100, JRD-100, M5Stack UHF unit.
+
+Byte layout of every frame, both directions (115200 baud, 8N1)::
+
+    BB | type | cmd | PL_hi PL_lo | params (PL bytes) | checksum | 7E
+
+``type``: 0x00 command (host to reader), 0x01 response, 0x02 notification (reader to host).
+``PL``: parameter length in bytes, big-endian. ``checksum``: low byte of the sum of
+``type .. last param``. A frame is ``7 + PL`` bytes. Framing is by ``PL`` only: 0xBB and
+0x7E can occur inside params, so scanning for 0x7E would cut frames short.
+
+Inventory notification (type 0x02, cmd 0x22), params::
+
+    RSSI (1, signed dBm) | PC (2, BE) | EPC (2 * (PC >> 11) bytes) | CRC-16 (2, BE)
+
+Error response (type 0x01, cmd 0xFF), params: ``error code`` [, extra bytes]. Code 0x15 is
+"inventory failed": no tag answered a single inventory.
+
+Host commands used here: single inventory ``BB 00 22 00 00 22 7E``; multiple inventory
+``BB 00 27 00 03 22 CNT_hi CNT_lo sum 7E`` (0x22 is a reserved byte, CNT rounds);
+stop multiple inventory ``BB 00 28 00 00 28 7E``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from firmware_bridge.records import DecoderStats, RawRead
+
+PROTOCOL = "uhf-m100"
+
+HEADER = 0xBB
+END = 0x7E
+
+TYPE_COMMAND = 0x00
+TYPE_RESPONSE = 0x01
+TYPE_NOTIFICATION = 0x02
+
+CMD_INVENTORY = 0x22
+CMD_MULTI_INVENTORY = 0x27
+CMD_STOP_MULTI_INVENTORY = 0x28
+CMD_ERROR = 0xFF
+
+ERROR_NO_TAG = 0x15
+
+#: Largest PL this decoder waits for. Real frames are far smaller (an inventory
+#: notification with a 496-bit EPC is 67 bytes of params); the bound keeps a stray 0xBB in
+#: line noise from holding back real frames while a bogus 64 KiB "frame" fills up.
+MAX_PARAM_LEN = 1024
+
+# Bytes around params: BB, type, cmd, PL(2) before; checksum, 7E after.
+_OVERHEAD = 7
+
+
+def checksum(body: bytes | bytearray) -> int:
+    """Low byte of the sum of ``body`` (``type .. last param``)."""
+    return sum(body) & 0xFF
+
+
+def epc_crc16(pc_epc: bytes) -> int:
+    """EPC Gen2 CRC-16 (CRC-16/GENIBUS: poly 0x1021, init 0xFFFF, inverted) over PC + EPC."""
+    crc = 0xFFFF
+    for byte in pc_epc:
+        crc ^= byte << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
+    return crc ^ 0xFFFF
+
+
+def pc_for_epc(epc: bytes) -> int:
+    """A Protocol Control word announcing ``epc`` (length bits only, other bits zero)."""
+    if len(epc) % 2 or len(epc) > 62:
+        raise ValueError(f"EPC must be a whole number of 16-bit words, <= 62 bytes: {len(epc)}")
+    return (len(epc) // 2) << 11
+
+
+# -- encoders ---------------------------------------------------------------------------
+
+
+def encode_frame(frame_type: int, command: int, params: bytes = b"") -> bytes:
+    """One complete frame. Raises ``ValueError`` on out-of-range fields."""
+    if not (0 <= frame_type <= 0xFF and 0 <= command <= 0xFF and len(params) <= 0xFFFF):
+        raise ValueError("frame type/command must be bytes and params <= 65535 bytes")
+    body = bytes([frame_type, command]) + len(params).to_bytes(2, "big") + params
+    return bytes([HEADER]) + body + bytes([checksum(body), END])
+
+
+def single_inventory() -> bytes:
+    """Host command: one inventory round (``BB 00 22 00 00 22 7E``)."""
+    return encode_frame(TYPE_COMMAND, CMD_INVENTORY)
+
+
+def multi_inventory(rounds: int) -> bytes:
+    """Host command: ``rounds`` (1..65535) inventory rounds, results as notifications."""
+    if not 0 < rounds <= 0xFFFF:
+        raise ValueError(f"rounds must be 1..65535, got {rounds}")
+    return encode_frame(TYPE_COMMAND, CMD_MULTI_INVENTORY, b"\x22" + rounds.to_bytes(2, "big"))
+
+
+def stop_multi_inventory() -> bytes:
+    """Host command: stop a multiple inventory (``BB 00 28 00 00 28 7E``)."""
+    return encode_frame(TYPE_COMMAND, CMD_STOP_MULTI_INVENTORY)
+
+
+def inventory_notification(
+    epc: bytes, rssi_dbm: int, *, pc: int | None = None, crc: int | None = None
+) -> bytes:
+    """Reader notification for one tag seen (what the simulator sends).
+
+    ``rssi_dbm`` -128..127. ``pc`` defaults to one announcing ``len(epc)``; ``crc`` to the
+    tag's real CRC-16 over PC + EPC.
+    """
+    if pc is None:
+        pc = pc_for_epc(epc)
+    if not -128 <= rssi_dbm <= 127:
+        raise ValueError(f"rssi_dbm must fit a signed byte, got {rssi_dbm}")
+    pc_bytes = pc.to_bytes(2, "big")
+    if crc is None:
+        crc = epc_crc16(pc_bytes + epc)
+    params = (rssi_dbm & 0xFF).to_bytes(1, "big") + pc_bytes + epc + crc.to_bytes(2, "big")
+    return encode_frame(TYPE_NOTIFICATION, CMD_INVENTORY, params)
+
+
+def error_response(code: int, extra: bytes = b"") -> bytes:
+    """Reader error response (``BB 01 FF 00 01 15 16 7E`` for code 0x15)."""
+    return encode_frame(TYPE_RESPONSE, CMD_ERROR, bytes([code]) + extra)
+
+
+# -- decoded messages -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UhfInventory:
+    """One tag seen. rssi_dbm: dBm (signed). pc: Protocol Control word. crc: the CRC-16 the
+    reader passed on; crc_ok: whether it matches PC + EPC (readers check it already)."""
+
+    rssi_dbm: int
+    pc: int
+    epc: bytes
+    crc: int
+    crc_ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UhfError:
+    """An error response (type 0x01, cmd 0xFF). ``extra``: bytes after the code, if any."""
+
+    code: int
+    extra: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class UhfFrame:
+    """Any other well-formed frame (commands, responses, notifications), undecoded."""
+
+    frame_type: int
+    command: int
+    params: bytes
+
+
+UhfMessage = UhfInventory | UhfError | UhfFrame
+
+
+def _interpret(frame_type: int, command: int, params: bytes) -> UhfMessage | str:
+    """Typed message for a well-framed frame, or the reason its content is invalid."""
+    if frame_type == TYPE_NOTIFICATION and command == CMD_INVENTORY:
+        if len(params) < 5:
+            return f"inventory notification too short ({len(params)} param bytes)"
+        pc = int.from_bytes(params[1:3], "big")
+        epc_len = 2 * (pc >> 11)
+        if len(params) != 5 + epc_len:
+            return f"PC announces {epc_len} EPC bytes but PL leaves {len(params) - 5}"
+        epc = params[3 : 3 + epc_len]
+        crc = int.from_bytes(params[-2:], "big")
+        rssi = params[0] - 256 if params[0] >= 0x80 else params[0]
+        return UhfInventory(rssi, pc, epc, crc, crc == epc_crc16(params[1 : 3 + epc_len]))
+    if frame_type == TYPE_RESPONSE and command == CMD_ERROR:
+        if not params:
+            return "error response without an error code"
+        return UhfError(params[0], params[1:])
+    return UhfFrame(frame_type, command, params)
+
+
+class UhfM100Decoder:
+    """Incremental decoder for M100 frames in either direction.
+
+    :meth:`feed_messages` returns every decoded message; :meth:`feed` returns only the tag
+    reads and keeps the other messages (errors, responses) in :attr:`messages`, a bounded
+    deque of the latest 64, and passes them to ``on_message`` if set. A candidate frame
+    that fails a check (type, PL bound, checksum, 7E, inventory layout) counts one
+    ``bad_frame``, is reported to ``on_bad_frame(stream_offset, reason)`` if set, and
+    scanning resumes at the byte after its 0xBB. Never raises on any input.
+    """
+
+    protocol = PROTOCOL
+
+    def __init__(self) -> None:
+        self.stats = DecoderStats()
+        self.messages: deque[UhfMessage] = deque(maxlen=64)
+        self.on_message: Callable[[UhfMessage], None] | None = None
+        self.on_bad_frame: Callable[[int, str], None] | None = None
+        self._buf = bytearray()
+        self._offset = 0  # stream offset of _buf[0]
+
+    def reset(self) -> None:
+        """Drop a partial frame (after a reconnect)."""
+        self.stats.skipped_bytes += len(self._buf)
+        self._offset += len(self._buf)
+        self._buf.clear()
+
+    def feed(self, data: bytes) -> list[RawRead]:
+        """Consume ``data``; return a read per inventory notification completed by it."""
+        reads: list[RawRead] = []
+        for msg in self.feed_messages(data):
+            if isinstance(msg, UhfInventory):
+                reads.append(RawRead(PROTOCOL, msg.epc, float(msg.rssi_dbm)))
+            else:
+                self.messages.append(msg)
+                if self.on_message is not None:
+                    self.on_message(msg)
+        return reads
+
+    def feed_messages(self, data: bytes) -> list[UhfMessage]:
+        """Consume ``data``; return every message completed by it, in order."""
+        buf = self._buf
+        buf += data
+        out: list[UhfMessage] = []
+        pos = 0
+        n = len(buf)
+        while pos < n:
+            start = buf.find(HEADER, pos)
+            if start < 0:
+                self.stats.skipped_bytes += n - pos
+                pos = n
+                break
+            self.stats.skipped_bytes += start - pos
+            verdict = self._check(buf, start)
+            if verdict is None:
+                pos = start
+                break
+            if isinstance(verdict, str):
+                self._bad(start, verdict)
+                pos = start + 1
+                continue
+            params = bytes(buf[start + 5 : start + verdict - 2])
+            msg = _interpret(buf[start + 1], buf[start + 2], params)
+            if isinstance(msg, str):
+                # Checksum and 7E agree on where the frame ends, so skip all of it.
+                self._bad(start, msg)
+                self.stats.skipped_bytes += verdict - 1
+            else:
+                self.stats.frames += 1
+                out.append(msg)
+            pos = start + verdict
+        del buf[:pos]
+        self._offset += pos
+        return out
+
+    def _bad(self, start: int, reason: str) -> None:
+        self.stats.bad_frames += 1
+        self.stats.skipped_bytes += 1  # the 0xBB
+        if self.on_bad_frame is not None:
+            self.on_bad_frame(self._offset + start, reason)
+
+    @staticmethod
+    def _check(buf: bytearray, start: int) -> int | str | None:
+        """Frame length if the candidate at ``start`` is well framed, a reason if it cannot
+        be, ``None`` if more bytes are needed to tell."""
+        have = len(buf) - start
+        if have < 2:
+            return None
+        if buf[start + 1] > TYPE_NOTIFICATION:
+            return f"unknown frame type 0x{buf[start + 1]:02X}"
+        if have < 5:
+            return None
+        plen = int.from_bytes(buf[start + 3 : start + 5], "big")
+        if plen > MAX_PARAM_LEN:
+            return f"PL {plen} exceeds {MAX_PARAM_LEN}"
+        length = plen + _OVERHEAD
+        if have < length:
+            return None
+        if checksum(buf[start + 1 : start + length - 2]) != buf[start + length - 2]:
+            return "bad checksum"
+        if buf[start + length - 1] != END:
+            return "missing 0x7E end byte"
+        return length

@@ -1,0 +1,228 @@
+"""The per-read state machine: RFID reads -> zone membership, visits, arrivals, exits.
+
+Order: the finite-timestamp reads of a batch are applied in timestamp order (a stable sort, so
+reads with equal timestamps keep their batch order); reads with a NaN timestamp, tag 0 or a
+reader index outside the topology are skipped and counted as bad. A read older than its tag's
+last read (late delivery, or a clock stepped back) is applied as if it arrived at that last
+read: a tag's time never runs backwards, so no duration is ever negative.
+
+A read with a finite RSSI at a PRESENCE reader is a BLE advert: it updates the tag's smoothed
+RSSI for that reader and then counts as a presence read in the zone ble_presence.ble_zone
+picks (the tag's current zone unless another one wins by the hysteresis margin). Every other
+read (RFID, or RSSI at an ENTRY/EXIT reader) counts in its reader's zone.
+
+Per read of tag k at reader r (zone z, role):
+
+- k is in another zone z' (state IN): it leaves z' (DEP_MOVED; an area visit is dated at its
+  last read there, a queue visit at this read, when it was found to have gone).
+- area zone: joins z at this read (arrival) or, if already in z, refreshes its last read.
+- queue zone, ENTRY or PRESENCE reader: joins the queue (arrival; the visit has an entry time
+  only for an ENTRY read) or refreshes its last read. After an exit, a PRESENCE read is
+  absorbed while an ENTRY read starts a new visit (a second ride).
+- queue zone, EXIT reader: a tag in the queue completes its visit (DEP_EXIT; measured wait =
+  exit - entry if the visit began at the entry reader; its entry time becomes a FIFO witness);
+  a tag not in the queue counts as an exit without a wait. The tag is then held as EXITED so
+  repeated exit reads are absorbed (until ``exit_hold_s`` unseen, see sweep.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._jit import jit
+from .codes import (
+    C_BAD_READS,
+    C_FREE_TOP,
+    C_READS,
+    DEP_EXIT,
+    DEP_MOVED,
+    TAG_EXITED,
+    TAG_FREE,
+    TAG_IN,
+)
+from .ble_presence import ble_observe, ble_zone
+from .hashtable import table_find
+from .history import push_arrival, push_departure, push_fifo_witness
+from .tag_rows import evict_stalest
+from .topology import KIND_AREA, ROLE_ENTRY, ROLE_EXIT, ROLE_PRESENCE
+
+
+@jit
+def read_order(ts: np.ndarray) -> np.ndarray:
+    """Indices of the finite entries of ``ts`` in stable ascending order (int64).
+
+    Already-sorted batches (the common case) skip the sort.
+    """
+    n = ts.size
+    idx = np.empty(n, dtype=np.int64)
+    m = 0
+    ordered = True
+    prev = -np.inf
+    for i in range(n):
+        t = ts[i]
+        if np.isnan(t):
+            continue
+        if t < prev:
+            ordered = False
+        prev = t
+        idx[m] = i
+        m += 1
+    idx = idx[:m]
+    if ordered:
+        return idx
+    return idx[np.argsort(ts[idx], kind="mergesort")]
+
+
+@jit
+def ingest_reads(
+    ts: np.ndarray,
+    tag: np.ndarray,
+    reader: np.ndarray,
+    rssi: np.ndarray,
+    reader_zone: np.ndarray,
+    reader_role: np.ndarray,
+    zone_kind: np.ndarray,
+    fifo_slack_s: float,
+    evict_batch: int,
+    slot_keys: np.ndarray,
+    slot_rows: np.ndarray,
+    shift: np.uint64,
+    row_key: np.ndarray,
+    row_zone: np.ndarray,
+    row_state: np.ndarray,
+    row_first: np.ndarray,
+    row_last: np.ndarray,
+    row_entry: np.ndarray,
+    cand_reader: np.ndarray,
+    cand_s: np.ndarray,
+    cand_t: np.ndarray,
+    cand_n: np.ndarray,
+    ble: np.ndarray,
+    ble_min_reads: int,
+    free_rows: np.ndarray,
+    counters: np.ndarray,
+    zone_count: np.ndarray,
+    fifo_entry: np.ndarray,
+    fifo_n: np.ndarray,
+    fifo_cutoff: np.ndarray,
+    dep_t: np.ndarray,
+    dep_dur: np.ndarray,
+    dep_kind: np.ndarray,
+    dep_entry: np.ndarray,
+    dep_n: np.ndarray,
+    arr_t: np.ndarray,
+    arr_n: np.ndarray,
+) -> None:
+    """Apply one batch of reads to the state.
+
+    ts float64[N] s, tag uint64[N], reader int32[N], rssi float64[N] dBm (NaN = none).
+    ``ble`` float64[5] = (tau_s, alpha_min, stale_s, decay_db_per_s, margin_db).
+    """
+    tau_s, alpha_min, stale_s, decay, margin = ble[0], ble[1], ble[2], ble[3], ble[4]
+    n_readers = reader_zone.size
+    counters[C_BAD_READS] += ts.size
+    order = read_order(ts)
+    counters[C_BAD_READS] -= order.size
+    for i in order:
+        key = tag[i]
+        r = reader[i]
+        if key == 0 or r < 0 or r >= n_readers:
+            counters[C_BAD_READS] += 1
+            continue
+        t = ts[i]
+        z = np.int64(reader_zone[r])
+        role = reader_role[r]
+
+        slot = table_find(slot_keys, key, shift)
+        if slot >= 0:
+            row = np.int64(slot_rows[slot])
+            if t < row_last[row]:
+                t = row_last[row]
+            state = row_state[row]
+        else:
+            if counters[C_FREE_TOP] == 0:
+                evict_stalest(
+                    evict_batch,
+                    slot_keys,
+                    slot_rows,
+                    shift,
+                    row_key,
+                    row_zone,
+                    row_state,
+                    row_last,
+                    free_rows,
+                    counters,
+                    zone_count,
+                )
+                slot = table_find(slot_keys, key, shift)  # eviction may have shifted slots
+            counters[C_FREE_TOP] -= 1
+            row = np.int64(free_rows[counters[C_FREE_TOP]])
+            slot_keys[-1 - slot] = key
+            slot_rows[-1 - slot] = row
+            row_key[row] = key
+            row_state[row] = TAG_FREE
+            cand_reader[row, :] = -1
+            state = TAG_FREE
+        counters[C_READS] += 1
+
+        if role == ROLE_PRESENCE and not np.isnan(rssi[i]):
+            here = np.int64(row_zone[row]) if state == TAG_IN else np.int64(-1)
+            ble_observe(
+                row, r, t, rssi[i], here, reader_zone, cand_reader, cand_s, cand_t, cand_n,
+                tau_s, alpha_min, stale_s, decay,
+            )
+            z = np.int64(
+                ble_zone(
+                    row, t, here, reader_zone, cand_reader, cand_s, cand_t, cand_n,
+                    decay, margin, ble_min_reads,
+                )
+            )
+
+        if state != TAG_FREE and row_zone[row] != z:
+            if state == TAG_IN:
+                zp = np.int64(row_zone[row])
+                if zone_kind[zp] == KIND_AREA:
+                    push_departure(
+                        dep_t, dep_dur, dep_kind, dep_entry, dep_n, zp, row_last[row],
+                        row_last[row] - row_first[row], DEP_MOVED, 0,
+                    )
+                else:
+                    push_departure(
+                        dep_t, dep_dur, dep_kind, dep_entry, dep_n, zp, t, np.nan, DEP_MOVED,
+                        row_entry[row],
+                    )
+                zone_count[zp] -= 1
+            state = TAG_FREE
+
+        if zone_kind[z] == KIND_AREA or role != ROLE_EXIT:
+            if state == TAG_IN or (state == TAG_EXITED and role == ROLE_PRESENCE):
+                row_last[row] = t
+                row_state[row] = state
+            else:  # a new visit
+                row_zone[row] = z
+                row_state[row] = TAG_IN
+                row_first[row] = t
+                row_last[row] = t
+                row_entry[row] = 1 if (role == ROLE_ENTRY and zone_kind[z] != KIND_AREA) else 0
+                zone_count[z] += 1
+                push_arrival(arr_t, arr_n, z, t)
+        elif state == TAG_IN:  # queue exit of a tag in the queue: a completed visit
+            dur = np.nan
+            if row_entry[row] == 1:
+                dur = t - row_first[row]
+                push_fifo_witness(fifo_entry, fifo_n, fifo_cutoff, z, row_first[row], fifo_slack_s)
+            push_departure(
+                dep_t, dep_dur, dep_kind, dep_entry, dep_n, z, t, dur, DEP_EXIT, row_entry[row]
+            )
+            zone_count[z] -= 1
+            row_state[row] = TAG_EXITED
+            row_last[row] = t
+        elif state == TAG_EXITED:  # the exit reader reads a leaving tag again
+            row_last[row] = t
+        else:  # seen only at the exit: counts toward throughput, no wait
+            push_departure(dep_t, dep_dur, dep_kind, dep_entry, dep_n, z, t, np.nan, DEP_EXIT, 0)
+            row_zone[row] = z
+            row_state[row] = TAG_EXITED
+            row_first[row] = t
+            row_last[row] = t
+            row_entry[row] = 0
