@@ -72,9 +72,8 @@ class AgentThread:
     demo's console can own the main thread."""
 
     def __init__(self, cfg: Any) -> None:
-        from agent.runtime import Agent
-
-        self.agent = Agent(cfg)
+        self.cfg = cfg
+        self.agent: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
@@ -82,7 +81,11 @@ class AgentThread:
         self._thread = threading.Thread(target=self._main, name="agent", daemon=True)
 
     def _main(self) -> None:
+        from agent.runtime import Agent
+
         async def main() -> None:
+            # The agent's resources (its SQLite connection above all) belong to this thread.
+            self.agent = Agent(self.cfg)
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
             self._ready.set()
@@ -140,7 +143,9 @@ def run_demo(*, duration_s: float | None, broker: str = "auto", seed: int = 7,
         print(f"agent config: {cfg_path}", file=out, flush=True)
         agent = AgentThread(cfg)
         agent.start()
-        venue.start()
+        if agent.error is not None:
+            raise agent.error
+        venue.start(delay_s=1.0)  # the agent opens the ports first
         print("simulated readers started; watch the queue build at Dino Ride "
               f"(queue_long opens when the wait passes "
               f"{DEMO_ZONE_SETTINGS['dino-queue']['queue_long_wait_s']:.0f} s)\n",
@@ -160,9 +165,9 @@ def run_demo(*, duration_s: float | None, broker: str = "auto", seed: int = 7,
         pass
     finally:
         signal.signal(signal.SIGTERM, prev)
-        venue.stop()
-        if agent is not None:
+        if agent is not None:  # the agent first, so it does not report the readers vanishing
             agent.stop()
+        venue.stop()
         brk.stop()
         if own_dir:
             shutil.rmtree(wd, ignore_errors=True)

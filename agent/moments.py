@@ -130,7 +130,7 @@ def _zone_rules(z: ZoneConfig, m: MomentsConfig) -> Iterator[tuple[str, Threshol
         yield "wait_forecast_s", ThresholdRule("queue_rising", z.id, z.queue_long_wait_s,
                                                z.clear_wait_s, True, "s", **common)
         if z.wait_short_s > 0:
-            yield "wait_s", ThresholdRule("wait_short", z.id, z.wait_short_s,
+            yield "wait_s_flowing", ThresholdRule("wait_short", z.id, z.wait_short_s,
                                                     1.5 * z.wait_short_s, False, "s", **common)
     if z.capacity > 0:
         yield "fill_pct", ThresholdRule("zone_crowded", z.id, z.crowded_pct,

@@ -52,6 +52,18 @@ ROLE_CODES = {"presence": 0, "entry": 1, "exit": 2}
 KIND_CODES = {"queue": 0, "area": 1}
 
 
+def monotonic_epoch_clock() -> Callable[[], float]:
+    """Seconds since the epoch that never step: the wall clock read once at start-up, then
+    advanced by the monotonic clock.
+
+    The kernels measure waits and timeouts from these stamps, so an NTP step (a Pi has no
+    real-time clock and often syncs minutes after boot) must not shorten or stretch them.
+    Published ``at`` fields use the wall clock itself.
+    """
+    epoch0, mono0 = time.time(), time.monotonic()
+    return lambda: epoch0 + (time.monotonic() - mono0)
+
+
 class StartupError(RuntimeError):
     """The agent cannot start; the message says what to fix."""
 
@@ -83,7 +95,7 @@ class ReaderStatus:
 
     config: ReaderConfig
     index: int
-    online: bool = False
+    online: bool | None = None  # None until the link first reports
     offline_since: float | None = None
     last_error: str | None = None
     reads: int = 0
@@ -98,15 +110,18 @@ def _clean_float(x: float, ndigits: int = 2) -> float | None:
 class Agent:
     """One gateway. ``await Agent(cfg).run(stop_event)`` runs until ``stop_event`` is set."""
 
-    def __init__(self, cfg: Config, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, cfg: Config, *, clock: Callable[[], float] | None = None,
+                 wall: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
-        self.clock = clock
+        self.clock = clock or monotonic_epoch_clock()  # stamps reads and ticks
+        self.wall = wall  # stamps what is published
         self.topics = Topics(cfg.venue.id, cfg.gateway.id)
         self.buffer = ReadBuffer()
         self.rules = MomentRules(cfg)
         self.readers = {r.id: ReaderStatus(r, i) for i, r in enumerate(cfg.readers)}
         self.zone_index = {z.id: i for i, z in enumerate(cfg.zones)}
-        self.started_at = clock()
+        self.started_at = self.wall()
+        self._wall_offset = self.wall() - self.clock()
         self.ticks = 0
         self.tick_ms_last = 0.0
         self.tick_ms_max = 0.0
@@ -156,7 +171,7 @@ class Agent:
         self.engine.tick(self.clock())
 
     def _status_payload(self, online: bool, reason: str) -> bytes:
-        msg = self.topics.envelope(SCHEMA_STATUS, self.clock(), online=online, reason=reason,
+        msg = self.topics.envelope(SCHEMA_STATUS, self.wall(), online=online, reason=reason,
                                    version=__version__,
                                    started_at=rfc3339(self.started_at),
                                    readers=[r.id for r in self.cfg.readers],
@@ -196,9 +211,9 @@ class Agent:
             link = open_reader_link(r.id, r.protocol, r.port, self._reads_from_thread,
                                     baudrate=r.baudrate or None,
                                     poll_interval_s=r.poll_interval_s,
-                                    on_state=self._state_from_thread)
-            link.start()
+                                    on_state=self._state_from_thread, clock=self.clock)
             self._links.append(link)
+            link.start()
             log.info("reader %s: %s on %s (zone %s, %s)", r.id, r.protocol, r.port, r.zone,
                      r.role)
 
@@ -213,7 +228,8 @@ class Agent:
             bands = [WristbandFormat(company_id=w.company_id, id_offset=w.id_offset,
                                      id_length=w.id_length, name=w.name) for w in r.wristbands]
             sc = BleScanner(r.id, self._reads_from_thread, rule=r.identity, wristbands=bands,
-                            adapter=r.adapter or None, on_state=self._state_from_thread)
+                            adapter=r.adapter or None, on_state=self._state_from_thread,
+                            clock=self.clock)
             await sc.start()
             self._scanners.append(sc)
             log.info("reader %s: BLE scanner on %s (zone %s)", r.id, r.adapter or "default "
@@ -250,12 +266,18 @@ class Agent:
             st.offline_since, st.last_error = None, None
             log.info("reader %s: online", reader_id)
         else:
-            st.offline_since, st.last_error = self.clock(), message
+            # Keep an earlier start of the outage (a reader that never came up is offline
+            # since start-up, not since its first error report).
+            if st.offline_since is None:
+                st.offline_since = self.clock()
+            st.last_error = message
             log.warning("reader %s: offline: %s", reader_id, message)
 
     # ------------------------------------------------------------------ the tick
     def tick(self, now: float) -> None:
         t0 = time.perf_counter()
+        # Kernel time (monotonic) to wall time, for what is published.
+        self._wall_offset = self.wall() - now
         ts, tag, reader, rssi = self.buffer.take()
         if ts.size:
             self.engine.ingest(ts, tag, reader, rssi)
@@ -268,6 +290,8 @@ class Agent:
                 "arrivals_per_min", "throughput_per_min", "wait_forecast_s")}
             count = v["queue_length"] if z.kind == "queue" else v["occupancy"]
             v["fill_pct"] = 100.0 * count / z.capacity if z.capacity else math.nan
+            # A nudge promises a short wait: only while the ride is seen to be moving guests.
+            v["wait_s_flowing"] = v["wait_s"] if v["throughput_per_min"] > 0 else math.nan
             values[z.id] = v
             self._enqueue_state(now, z.id, z.kind, z.capacity, v, int(m.wait_method[i]))
         offline = {rid: (now - st.offline_since) if st.offline_since is not None else 0.0
@@ -302,7 +326,7 @@ class Agent:
                                   if st.config.zone == zone and st.online),
         }
         topic = self.topics.zone_state(zone)
-        self._enqueue(topic, self.topics.envelope(SCHEMA_ZONE_STATE, now, **body), qos=1,
+        self._enqueue(topic, self.topics.envelope(SCHEMA_ZONE_STATE, now + self._wall_offset, **body), qos=1,
                       retain=True, seq_stream=SEQ_STATE, coalesce_key=topic)
 
     def _enqueue_moment(self, ev: MomentEvent, v: dict[str, float]) -> None:
@@ -313,7 +337,7 @@ class Agent:
         body: dict[str, Any] = {
             "moment_id": ev.moment_id, "kind": ev.kind, "zone": ev.zone,
             "zone_name": zone.display_name, "status": ev.status,
-            "opened_at": rfc3339(ev.opened_at),
+            "opened_at": rfc3339(ev.opened_at + self._wall_offset),
             "value": _clean_float(ev.value, 1), "unit": ev.unit,
             "open_level": ev.open_level, "clear_level": ev.clear_level, "metrics": metrics}
         if ev.reader:
@@ -323,14 +347,14 @@ class Agent:
         log.info("moment %s %s %s (value %s%s)", ev.kind, ev.zone, ev.status,
                  body["value"], ev.unit)
         self._enqueue(self.topics.moment(ev.zone, ev.kind),
-                      self.topics.envelope(SCHEMA_MOMENT, ev.at, **body),
+                      self.topics.envelope(SCHEMA_MOMENT, ev.at + self._wall_offset, **body),
                       qos=1, seq_stream=SEQ_GUARANTEED)
         dispatch = _dispatch_action(ev, zone.display_name, v)
         if dispatch is not None:
             team = self.cfg.moments.reader_team if ev.kind == "reader_down" else zone.team
             priority, action = dispatch
             self._enqueue(self.topics.dispatch(team), self.topics.envelope(
-                SCHEMA_DISPATCH, ev.at, moment_id=ev.moment_id, kind=ev.kind, zone=ev.zone,
+                SCHEMA_DISPATCH, ev.at + self._wall_offset, moment_id=ev.moment_id, kind=ev.kind, zone=ev.zone,
                 zone_name=zone.display_name, team=team, status=ev.status, priority=priority,
                 action=action, metrics=metrics, reader=ev.reader), qos=1,
                 seq_stream=SEQ_GUARANTEED)
@@ -338,13 +362,13 @@ class Agent:
             minutes = max(1, round(ev.value / 60.0))
             expiry = self.cfg.broker.nudge_expiry_s
             self._enqueue(self.topics.nudge(ev.zone), self.topics.envelope(
-                SCHEMA_NUDGE, ev.at, moment_id=ev.moment_id, zone=ev.zone,
+                SCHEMA_NUDGE, ev.at + self._wall_offset, moment_id=ev.moment_id, zone=ev.zone,
                 zone_name=zone.display_name, wait_s=_clean_float(ev.value, 0),
                 message=f"{zone.display_name} is a {minutes}-minute wait right now",
                 valid_for_s=expiry), qos=1, expiry_s=expiry, seq_stream=SEQ_GUARANTEED)
 
     # ------------------------------------------------------------------ health
-    def health(self, now: float) -> dict[str, Any]:
+    def health(self) -> dict[str, Any]:
         mono, cpu = time.monotonic(), time.process_time()
         dt = max(mono - self._cpu_mark[0], 1e-6)
         cpu_pct = 100.0 * (cpu - self._cpu_mark[1]) / dt
@@ -356,13 +380,13 @@ class Agent:
             st.reads_at_last_health = st.reads
             lh = link_health.get(rid)
             readers[rid] = {
-                "online": st.online, "reads": st.reads, "reads_per_s": round(rate, 2),
+                "online": bool(st.online), "reads": st.reads, "reads_per_s": round(rate, 2),
                 "bad_frames": getattr(lh, "bad_frames", 0),
-                "last_read_at": (rfc3339(st.last_read_ts)
+                "last_read_at": (rfc3339(st.last_read_ts + self._wall_offset)
                                  if st.last_read_ts else None),
                 "error": st.last_error}
         pub = asdict(self.publisher.stats()) if hasattr(self, "publisher") else {}
-        return {"uptime_s": round(now - self.started_at, 1), "readers": readers,
+        return {"uptime_s": round(self.wall() - self.started_at, 1), "readers": readers,
                 "outbox_depth": self.outbox.depth(), "publisher": pub,
                 "cpu_pct": round(cpu_pct, 1), "rss_mb": round(rss_mb(), 1),
                 "tick_ms": round(self.tick_ms_last, 3), "tick_ms_max": round(self.tick_ms_max, 3),
@@ -397,9 +421,9 @@ class Agent:
                 self.tick(self.clock())
                 if mono >= next_health:
                     next_health = mono + self.cfg.gateway.health_interval_s
-                    h = self.health(self.clock())
+                    h = self.health()
                     self.publisher.publish_volatile(self.topics.health, json.dumps(
-                        self.topics.envelope(SCHEMA_HEALTH, self.clock(), **h)).encode())
+                        self.topics.envelope(SCHEMA_HEALTH, self.wall(), **h)).encode())
                 self.publisher.kick()
                 if pub_task.done():
                     pub_task.result()  # a publisher that died surfaces its error here

@@ -9,8 +9,9 @@ Smoothing: an EWMA whose weight follows the time since the reader last heard the
 burst of adverts at once does not stall it. After ``stale_s`` of silence the candidate starts
 over from the new advert (an old average says nothing about where the tag is now).
 
-Scores age: ``score = s - decay_db_per_s * (t - cand_t)``, so a reader that stopped hearing the
-tag (lost adverts, or the guest walked away) loses out to one that still does.
+Scores age: ``score = s - decay_db_per_s * max(0, t - cand_t - holdoff_s)``, so a reader that
+stopped hearing the tag (the guest walked away) loses out to one that still does, while the
+gaps of a few seconds that lost adverts (30-70 %) cause do not count against it.
 
 Assignment at each advert (time t): the zone of the best-scoring candidate wins when the tag is
 in no zone; otherwise the tag moves only if that zone's best score beats the current zone's
@@ -23,6 +24,12 @@ from __future__ import annotations
 import numpy as np
 
 from ._jit import jit
+
+
+@jit
+def aged_score(s: float, last_t: float, t: float, decay_db_per_s: float, holdoff_s: float) -> float:
+    """Smoothed RSSI ``s`` (dBm) heard last at ``last_t``, as it counts at ``t`` (s)."""
+    return s - decay_db_per_s * max(0.0, t - last_t - holdoff_s)
 
 
 @jit
@@ -41,6 +48,7 @@ def ble_observe(
     alpha_min: float,
     stale_s: float,
     decay_db_per_s: float,
+    holdoff_s: float,
 ) -> None:
     """Fold one advert (``rssi`` dBm from reader ``r`` at ``t`` s) into the tag's candidates."""
     width = cand_reader.shape[1]
@@ -72,7 +80,7 @@ def ble_observe(
             victim = j
             victim_out = j
             break
-        score = cand_s[row, j] - decay_db_per_s * (t - cand_t[row, j])
+        score = aged_score(cand_s[row, j], cand_t[row, j], t, decay_db_per_s, holdoff_s)
         if score < low:
             low = score
             victim = j
@@ -97,6 +105,7 @@ def ble_zone(
     cand_t: np.ndarray,
     cand_n: np.ndarray,
     decay_db_per_s: float,
+    holdoff_s: float,
     margin_db: float,
     min_reads: int,
 ) -> int:
@@ -108,7 +117,7 @@ def ble_zone(
         rj = cand_reader[row, j]
         if rj < 0:
             continue
-        score = cand_s[row, j] - decay_db_per_s * (t - cand_t[row, j])
+        score = aged_score(cand_s[row, j], cand_t[row, j], t, decay_db_per_s, holdoff_s)
         if best_k < 0 or score > best:
             best = score
             best_k = j

@@ -91,11 +91,13 @@ class EngineParams:
     exit_hold_s: how long a tag read at a queue exit is remembered, so repeated exit reads
         are not counted again.
     history: capacity of each zone's departure and arrival rings (events, per zone).
-    min_recaptures: tags read at both ends of a queue (in window_s) before read rates are
-        estimated and counts corrected.
+    read_rate_window_s: window of the capture-recapture read-rate estimates.
+    min_recaptures: tags read at both ends of a queue (in read_rate_window_s) before read
+        rates are estimated and counts corrected.
     min_read_rate: floor of the read rate used in a correction (caps it at 1 / floor).
     ble_tau_s, ble_alpha_min, ble_stale_s: RSSI smoothing (see ble_presence.py).
-    ble_decay_db_per_s: how fast a reader's score fades after it last heard a tag.
+    ble_decay_db_per_s, ble_holdoff_s: a reader's score fades at this rate once it has not
+        heard a tag for the holdoff.
     ble_margin_db, ble_min_reads: hysteresis for moving a tag to another zone.
     ble_candidates: readers remembered per tag.
     """
@@ -109,12 +111,14 @@ class EngineParams:
     min_measured_waits: int = 5
     exit_hold_s: float = 60.0
     history: int = 4096
+    read_rate_window_s: float = 3600.0
     min_recaptures: int = 10
     min_read_rate: float = 0.1
-    ble_tau_s: float = 4.0
-    ble_alpha_min: float = 0.25
+    ble_tau_s: float = 8.0
+    ble_alpha_min: float = 0.1
     ble_stale_s: float = 30.0
     ble_decay_db_per_s: float = 1.0
+    ble_holdoff_s: float = 10.0
     ble_margin_db: float = 5.0
     ble_min_reads: int = 3
     ble_candidates: int = 4
@@ -123,14 +127,13 @@ class EngineParams:
         if self.max_tags < 1:
             raise ValueError("max_tags must be >= 1")
         positive = ("window_s", "horizon_s", "rate_window_s", "exit_hold_s", "ble_tau_s")
-        positive += ("ble_stale_s", "min_read_rate")
-        for name in positive:
+        for name in (*positive, "ble_stale_s", "min_read_rate", "read_rate_window_s"):
             v = getattr(self, name)
             if not (np.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be finite and > 0, got {v!r}")
         if not (np.isfinite(self.fifo_slack_s) and self.fifo_slack_s >= 0):
             raise ValueError(f"fifo_slack_s must be finite and >= 0, got {self.fifo_slack_s!r}")
-        for name in ("ble_decay_db_per_s", "ble_margin_db"):
+        for name in ("ble_decay_db_per_s", "ble_margin_db", "ble_holdoff_s"):
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be finite and >= 0, got {v!r}")
@@ -142,13 +145,14 @@ class EngineParams:
                 raise ValueError(f"{name} must be >= 1")
 
     def ble_array(self) -> np.ndarray:
-        """float64[5]: the BLE settings in the order ingest.ingest_reads expects."""
+        """float64[6]: the BLE settings in the order ingest.ingest_reads expects."""
         return np.array(
             [
                 self.ble_tau_s,
                 self.ble_alpha_min,
                 self.ble_stale_s,
                 self.ble_decay_db_per_s,
+                self.ble_holdoff_s,
                 self.ble_margin_db,
             ],
             dtype=np.float64,
@@ -319,6 +323,7 @@ class ZoneEngine:
             np.int64(p.min_measured_waits),
             np.int64(p.min_recaptures),
             np.float64(p.min_read_rate),
+            np.float64(p.read_rate_window_s),
             t.zone_kind,
             self._zone_count,
             self._dep_t,

@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._jit import jit
+from .ble_presence import ble_observe, ble_zone
 from .codes import (
     C_BAD_READS,
     C_FREE_TOP,
@@ -40,7 +41,6 @@ from .codes import (
     TAG_FREE,
     TAG_IN,
 )
-from .ble_presence import ble_observe, ble_zone
 from .hashtable import table_find
 from .history import push_arrival, push_departure, push_fifo_witness
 from .tag_rows import evict_stalest
@@ -116,9 +116,10 @@ def ingest_reads(
     """Apply one batch of reads to the state.
 
     ts float64[N] s, tag uint64[N], reader int32[N], rssi float64[N] dBm (NaN = none).
-    ``ble`` float64[5] = (tau_s, alpha_min, stale_s, decay_db_per_s, margin_db).
+    ``ble`` float64[6] = (tau_s, alpha_min, stale_s, decay_db_per_s, holdoff_s, margin_db).
     """
-    tau_s, alpha_min, stale_s, decay, margin = ble[0], ble[1], ble[2], ble[3], ble[4]
+    tau_s, alpha_min, stale_s = ble[0], ble[1], ble[2]
+    decay, holdoff, margin = ble[3], ble[4], ble[5]
     n_readers = reader_zone.size
     counters[C_BAD_READS] += ts.size
     order = read_order(ts)
@@ -168,13 +169,36 @@ def ingest_reads(
         if role == ROLE_PRESENCE and not np.isnan(rssi[i]):
             here = np.int64(row_zone[row]) if state == TAG_IN else np.int64(-1)
             ble_observe(
-                row, r, t, rssi[i], here, reader_zone, cand_reader, cand_s, cand_t, cand_n,
-                tau_s, alpha_min, stale_s, decay,
+                row,
+                r,
+                t,
+                rssi[i],
+                here,
+                reader_zone,
+                cand_reader,
+                cand_s,
+                cand_t,
+                cand_n,
+                tau_s,
+                alpha_min,
+                stale_s,
+                decay,
+                holdoff,
             )
             z = np.int64(
                 ble_zone(
-                    row, t, here, reader_zone, cand_reader, cand_s, cand_t, cand_n,
-                    decay, margin, ble_min_reads,
+                    row,
+                    t,
+                    here,
+                    reader_zone,
+                    cand_reader,
+                    cand_s,
+                    cand_t,
+                    cand_n,
+                    decay,
+                    holdoff,
+                    margin,
+                    ble_min_reads,
                 )
             )
 
@@ -183,12 +207,28 @@ def ingest_reads(
                 zp = np.int64(row_zone[row])
                 if zone_kind[zp] == KIND_AREA:
                     push_departure(
-                        dep_t, dep_dur, dep_kind, dep_entry, dep_n, zp, row_last[row],
-                        row_last[row] - row_first[row], DEP_MOVED, 0,
+                        dep_t,
+                        dep_dur,
+                        dep_kind,
+                        dep_entry,
+                        dep_n,
+                        zp,
+                        row_last[row],
+                        row_last[row] - row_first[row],
+                        DEP_MOVED,
+                        0,
                     )
                 else:
                     push_departure(
-                        dep_t, dep_dur, dep_kind, dep_entry, dep_n, zp, t, np.nan, DEP_MOVED,
+                        dep_t,
+                        dep_dur,
+                        dep_kind,
+                        dep_entry,
+                        dep_n,
+                        zp,
+                        t,
+                        np.nan,
+                        DEP_MOVED,
                         row_entry[row],
                     )
                 zone_count[zp] -= 1

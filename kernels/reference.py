@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .codes import DEP_EXIT, DEP_FIFO, DEP_MOVED, DEP_TIMEOUT, TAG_EXITED, TAG_IN
-from .engine import EngineParams, ZoneMetrics, as_read_columns
+from .engine import FLOAT_METRICS, EngineParams, ZoneMetrics, as_read_columns
 from .topology import (
     KIND_AREA,
     METHOD_LITTLE,
@@ -52,9 +52,12 @@ class ReferenceEngine:
         self.topo = topo
         self.params = p = EngineParams(**params)  # type: ignore[arg-type]
         self.tags: dict[int, _Tag] = {}
+        # BLE candidates per remembered tag: K fixed slots of [reader (-1 = unused), smoothed
+        # dBm, last advert s, adverts]; they outlive visits but not the tag's memory.
+        self.cands: dict[int, list[list[float]]] = {}
         z = topo.n_zones
         self.zone_count = [0] * z
-        self.departures: list[deque[tuple[float, float, int]]] = [
+        self.departures: list[deque[tuple[float, float, int, bool]]] = [
             deque(maxlen=p.history) for _ in range(z)
         ]
         self.arrivals: list[deque[float]] = [deque(maxlen=p.history) for _ in range(z)]
@@ -73,32 +76,39 @@ class ReferenceEngine:
     def ingest(
         self, ts: np.ndarray, tag: np.ndarray, reader: np.ndarray, rssi: np.ndarray | None = None
     ) -> None:
-        ts, tag, reader, _ = as_read_columns(ts, tag, reader, rssi)
+        ts, tag, reader, rssi = as_read_columns(ts, tag, reader, rssi)
         finite = [i for i in range(ts.size) if not math.isnan(ts[i])]
         self.bad_reads += ts.size - len(finite)
         for i in sorted(finite, key=lambda i: ts[i]):  # sorted() is stable
-            self._read(float(ts[i]), int(tag[i]), int(reader[i]))
+            self._read(float(ts[i]), int(tag[i]), int(reader[i]), float(rssi[i]))
 
-    def _read(self, t: float, key: int, r: int) -> None:
+    def _read(self, t: float, key: int, r: int, rssi: float) -> None:
         topo = self.topo
         if key == 0 or not 0 <= r < topo.n_readers:
             self.bad_reads += 1
             return
         z = int(topo.reader_zone[r])
         role = int(topo.reader_role[r])
-        area = topo.zone_kind[z] == KIND_AREA
         self.reads += 1
         tg = self.tags.get(key)
-        if tg is None and len(self.tags) >= self.params.max_tags:
+        if tg is None and key not in self.cands and len(self.cands) >= self.params.max_tags:
             self._evict()
         if tg is not None:
             t = max(t, tg.last)
-            if tg.zone != z:
-                if tg.state == TAG_IN:
-                    prev_area = topo.zone_kind[tg.zone] == KIND_AREA
-                    dur = tg.last - tg.first if prev_area else math.nan
-                    self._depart(tg.zone, tg.last, dur, DEP_MOVED)
-                tg = None
+        if key not in self.cands:
+            self.cands[key] = [[-1, 0.0, 0.0, 0] for _ in range(self.params.ble_candidates)]
+        if role == ROLE_PRESENCE and not math.isnan(rssi):
+            here = tg.zone if tg is not None and tg.state == TAG_IN else -1
+            self._ble_observe(self.cands[key], r, t, rssi, here)
+            z = self._ble_zone(self.cands[key], t, here)
+        area = topo.zone_kind[z] == KIND_AREA
+        if tg is not None and tg.zone != z:
+            if tg.state == TAG_IN:
+                if topo.zone_kind[tg.zone] == KIND_AREA:
+                    self._depart(tg.zone, tg.last, tg.last - tg.first, DEP_MOVED, False)
+                else:
+                    self._depart(tg.zone, t, math.nan, DEP_MOVED, tg.entry)
+            tg = None
 
         if area or role != ROLE_EXIT:
             if tg is not None and (
@@ -114,19 +124,58 @@ class ReferenceEngine:
             if tg.entry:
                 dur = t - tg.first
                 self._fifo_witness(z, tg.first)
-            self._depart(z, t, dur, DEP_EXIT, counted=False)
-            self.zone_count[z] -= 1
+            self._depart(z, t, dur, DEP_EXIT, tg.entry)
             tg.state, tg.last = TAG_EXITED, t
         elif tg is not None:  # already exited: a repeated exit read
             tg.last = t
         else:
-            self.departures[z].append((t, math.nan, DEP_EXIT))
+            self.departures[z].append((t, math.nan, DEP_EXIT, False))  # seen only at the exit
             self.tags[key] = _Tag(z, TAG_EXITED, t, t, False)
 
-    def _depart(self, z: int, t: float, dur: float, kind: int, counted: bool = True) -> None:
-        self.departures[z].append((t, dur, kind))
-        if counted:
-            self.zone_count[z] -= 1
+    def _score(self, c: list[float], t: float) -> float:
+        p = self.params
+        return c[1] - p.ble_decay_db_per_s * max(0.0, t - c[2] - p.ble_holdoff_s)
+
+    def _ble_observe(self, cands: list[list[float]], r: int, t: float, x: float, here: int) -> None:
+        p = self.params
+        for c in cands:
+            if c[0] == r:
+                dt = t - c[2]
+                if dt > p.ble_stale_s:
+                    c[1], c[3] = x, 1
+                else:
+                    alpha = max(p.ble_alpha_min, 1.0 - math.exp(-dt / p.ble_tau_s))
+                    c[1] += alpha * (x - c[1])
+                    c[3] += 1
+                c[2] = t
+                return
+        free = [c for c in cands if c[0] < 0]
+        if free:
+            victim = free[0]
+        else:
+            # min() keeps the first of equal scores, like the kernel's strict comparison
+            away = [c for c in cands if self.topo.reader_zone[int(c[0])] != here]
+            victim = min(away or cands, key=lambda c: self._score(c, t))
+        victim[:] = [r, x, t, 1]
+
+    def _ble_zone(self, cands: list[list[float]], t: float, here: int) -> int:
+        p = self.params
+        used = [c for c in cands if c[0] >= 0]
+        best = max(used, key=lambda c: self._score(c, t))  # max() keeps the first of ties
+        zb = int(self.topo.reader_zone[int(best[0])])
+        if here < 0 or zb == here:
+            return zb
+        here_score = max(
+            (self._score(c, t) for c in used if self.topo.reader_zone[int(c[0])] == here),
+            default=-math.inf,
+        )
+        if self._score(best, t) > here_score + p.ble_margin_db and best[3] >= p.ble_min_reads:
+            return zb
+        return here
+
+    def _depart(self, z: int, t: float, dur: float, kind: int, entry: bool) -> None:
+        self.departures[z].append((t, dur, kind, entry))
+        self.zone_count[z] -= 1
 
     def _fifo_witness(self, z: int, entry_t: float) -> None:
         w = self.fifo_entries[z]
@@ -139,8 +188,12 @@ class ReferenceEngine:
         for key, tg in stalest[: self.params.evict_batch]:
             if tg.state == TAG_IN:
                 self.zone_count[tg.zone] -= 1
-            del self.tags[key]
+            self._forget(key)
             self.evictions += 1
+
+    def _forget(self, key: int) -> None:
+        del self.tags[key]
+        del self.cands[key]
 
     # -- tick ------------------------------------------------------------------------------
     def tick(self, now: float) -> ZoneMetrics:
@@ -157,50 +210,55 @@ class ReferenceEngine:
                     kind = DEP_TIMEOUT
                 else:
                     continue
-                self._depart(tg.zone, tg.last, tg.last - tg.first if area else math.nan, kind)
-                del self.tags[key]
+                if area:
+                    self._depart(tg.zone, tg.last, tg.last - tg.first, kind, False)
+                else:
+                    self._depart(tg.zone, now, math.nan, kind, tg.entry)
+                self._forget(key)
             elif now - tg.last > self.params.exit_hold_s:
-                del self.tags[key]
+                self._forget(key)
         self.fifo_cutoff = [-math.inf] * len(self.fifo_cutoff)
         return self._metrics(now)
 
     def _metrics(self, now: float) -> ZoneMetrics:
         p = self.params
         nz = self.topo.n_zones
-        out = {
-            name: np.full(nz, np.nan)
-            for name in (
-                "queue_length",
-                "occupancy",
-                "wait_s",
-                "dwell_p50_s",
-                "dwell_p90_s",
-                "arrivals_per_min",
-                "throughput_per_min",
-                "wait_forecast_s",
-            )
-        }
+        out = {name: np.full(nz, np.nan) for name in FLOAT_METRICS}
         method = np.zeros(nz, dtype=np.int8)
         samples = np.zeros(nz, dtype=np.int64)
         for z in range(nz):
             area = self.topo.zone_kind[z] == KIND_AREA
+            deps = self.departures[z]
             served = sum(
                 1
-                for t, _, kind in self.departures[z]
+                for t, _, kind, _ in deps
                 if t > now - p.rate_window_s and (area or kind == DEP_EXIT)
             )
-            durs = [d for t, d, _ in self.departures[z] if t > now - p.window_s and d == d]
+            durs = [d for t, d, _, _ in deps if t > now - p.window_s and not math.isnan(d)]
+            recent = [(kind, entry) for t, _, kind, entry in deps if t > now - p.read_rate_window_s]
             arrived = sum(1 for t in self.arrivals[z] if t > now - p.rate_window_s)
             arrivals = arrived * 60.0 / p.rate_window_s
             throughput = served * 60.0 / p.rate_window_s
             count = float(self.zone_count[z])
             out["occupancy"][z] = count
-            out["arrivals_per_min"][z] = arrivals
-            out["throughput_per_min"][z] = throughput
             samples[z] = len(durs)
             if durs:
                 out["dwell_p50_s"][z] = percentile(durs, 50)
                 out["dwell_p90_s"][z] = percentile(durs, 90)
+            if not area:
+                # Lincoln-Petersen: tags read at the exit that were also read at the entry.
+                exits = sum(1 for kind, _ in recent if kind == DEP_EXIT)
+                both = sum(1 for kind, entry in recent if kind == DEP_EXIT and entry)
+                missed = sum(1 for kind, entry in recent if kind != DEP_EXIT and entry)
+                if both >= p.min_recaptures:
+                    p_in, p_out = both / exits, both / (both + missed)
+                    out["entry_read_rate"][z] = p_in
+                    out["exit_read_rate"][z] = p_out
+                    arrivals /= max(p_in, p.min_read_rate)
+                    throughput /= max(p_out, p.min_read_rate)
+                    count /= max(p_in, p.min_read_rate)
+            out["arrivals_per_min"][z] = arrivals
+            out["throughput_per_min"][z] = throughput
             if area:
                 continue
             out["queue_length"][z] = count

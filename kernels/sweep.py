@@ -70,7 +70,15 @@ def sweep_departures(
                 )
             else:
                 push_departure(
-                    dep_t, dep_dur, dep_kind, dep_entry, dep_n, z, now, np.nan, kind,
+                    dep_t,
+                    dep_dur,
+                    dep_kind,
+                    dep_entry,
+                    dep_n,
+                    z,
+                    now,
+                    np.nan,
+                    kind,
                     row_entry[row],
                 )
             zone_count[z] -= 1

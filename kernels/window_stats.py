@@ -6,7 +6,9 @@ if ``t > now - window`` (events dated after ``now`` count too). Rates are per mi
 is not yet full). Percentiles use linear interpolation between order statistics (numpy's
 default): the p-th percentile of sorted x[0..n-1] is at fractional index p/100 * (n - 1).
 
-Read rates (queue zones, capture-recapture / Lincoln-Petersen over departures in window_s):
+Read rates (queue zones, capture-recapture / Lincoln-Petersen over departures in
+``read_rate_window_s``, longer than window_s because a reader's read rate changes slowly and a
+long window halves the sampling noise):
     entry_read_rate = exits whose visit was read at the entry / all exits read
     exit_read_rate = those same exits / (them + entry-read visits that left unread at the exit:
         FIFO-cleared, timed out, or found in another zone)
@@ -70,6 +72,7 @@ def zone_metrics(
     min_measured: int,
     min_recaptures: int,
     min_read_rate: float,
+    read_rate_window_s: float,
     zone_kind: np.ndarray,
     zone_count: np.ndarray,
     dep_t: np.ndarray,
@@ -91,6 +94,7 @@ def zone_metrics(
     per_min = 60.0 / rate_window_s
     rate_lo = now - rate_window_s
     win_lo = now - window_s
+    read_rate_lo = now - read_rate_window_s
     cap = dep_t.shape[1]
     out_f[:] = np.nan
     buf = np.empty(cap, dtype=np.float64)
@@ -99,9 +103,9 @@ def zone_metrics(
         n_dep = min(dep_n[z], cap)
         served = 0
         m = 0
-        exits = 0  # exits read, in window_s
+        exits = 0  # exits read, in read_rate_window_s
         both = 0  # ... whose visit was also read at the entry
-        missed = 0  # entry-read visits that left without an exit read, in window_s
+        missed = 0  # entry-read visits that left without an exit read, in read_rate_window_s
         for k in range(n_dep):
             t = dep_t[z, k]
             kind = dep_kind[z, k]
@@ -112,6 +116,7 @@ def zone_metrics(
                 if not np.isnan(d):
                     buf[m] = d
                     m += 1
+            if t > read_rate_lo:
                 if kind == DEP_EXIT:
                     exits += 1
                     both += dep_entry[z, k]

@@ -30,8 +30,8 @@ SEED = 11
 # How far the agent's published estimates may be from the simulator's truth. The reads
 # are real-time, noisy (5 % misses, duplicates, jitter) and the demo windows short, so the
 # tolerances are stated as mean absolute errors over the run, not per sample.
-QUEUE_MAE_GUESTS = 4.0
-WAIT_MAE_PCT = 30.0
+QUEUE_MAE_GUESTS = 2.5
+WAIT_MAE_PCT = 15.0
 
 
 def _agent_env() -> dict[str, str]:

@@ -1,6 +1,6 @@
 """ZoneEngine and ReferenceEngine agree on random read streams.
 
-Streams mix every reader role and zone kind, a small tag pool (so tags revisit, move between
+Streams mix every reader role and zone kind, RFID reads and BLE adverts (RSSI), a small tag pool (so tags revisit, move between
 zones and collide in the hash table), a table small enough to evict, out-of-order reads
 within a batch, late reads, backward and forward clock steps, NaN timestamps, tag 0 and
 unknown readers, and empty batches.
@@ -30,11 +30,13 @@ offsets = st.integers(min_value=-10, max_value=10).map(lambda k: k / 2)
 
 
 @st.composite
-def read_batch(draw: st.DrawFn, n_readers: int) -> list[tuple[float, int, int]]:
+def read_batch(draw: st.DrawFn, n_readers: int) -> list[tuple[float, int, int, float]]:
     read = st.tuples(
         st.one_of(offsets, offsets, offsets, st.just(float("nan"))),
         st.integers(min_value=0, max_value=12),  # 0 is an invalid tag
         st.integers(min_value=-1, max_value=n_readers),  # -1 and n_readers are invalid
+        # RSSI: none (RFID) or whole dBm as BLE scanners report it
+        st.one_of(st.just(float("nan")), st.integers(-100, -40).map(float)),
     )
     return draw(st.lists(read, max_size=25))
 
@@ -66,9 +68,21 @@ def queue_topology(draw: st.DrawFn) -> Topology:
     )
 
 
+def ble_topology() -> st.SearchStrategy[Topology]:
+    """Three neighbouring areas with presence scanners (two in the middle one)."""
+    return st.just(
+        Topology(
+            reader_zone=np.array([0, 1, 1, 2]),
+            reader_role=np.full(4, ROLE_PRESENCE),
+            zone_kind=np.full(3, KIND_AREA),
+            zone_timeout_s=np.array([10.0, 10.0, 40.0]),
+        )
+    )
+
+
 @st.composite
 def scenario(draw: st.DrawFn) -> dict[str, Any]:
-    topo = draw(st.one_of(random_topology(), queue_topology()))
+    topo = draw(st.one_of(random_topology(), queue_topology(), ble_topology()))
     n_readers = topo.n_readers
     params = {
         "max_tags": draw(st.sampled_from([3, 8, 64])),
@@ -79,6 +93,17 @@ def scenario(draw: st.DrawFn) -> dict[str, Any]:
         "fifo_witnesses": draw(st.integers(1, 3)),
         "min_measured_waits": draw(st.integers(1, 3)),
         "exit_hold_s": draw(st.sampled_from([2.0, 20.0])),
+        "min_recaptures": draw(st.integers(1, 3)),
+        "read_rate_window_s": draw(st.sampled_from([30.0, 200.0])),
+        "min_read_rate": draw(st.sampled_from([0.1, 0.5])),
+        "ble_tau_s": draw(st.sampled_from([1.0, 4.0])),
+        "ble_alpha_min": draw(st.sampled_from([0.0, 0.25])),
+        "ble_stale_s": draw(st.sampled_from([3.0, 30.0])),
+        "ble_decay_db_per_s": draw(st.sampled_from([0.0, 1.0])),
+        "ble_holdoff_s": draw(st.sampled_from([0.0, 2.0])),
+        "ble_margin_db": draw(st.sampled_from([0.0, 5.0])),
+        "ble_min_reads": draw(st.integers(1, 3)),
+        "ble_candidates": draw(st.integers(1, 3)),
     }
     steps = draw(
         st.lists(
@@ -110,11 +135,12 @@ def test_engine_matches_reference(sc: dict[str, Any]) -> None:
     clock = 1000.0
     for reads, advance, tick in sc["steps"]:
         clock += advance
-        ts = np.array([clock + off for off, _, _ in reads], dtype=np.float64)
-        tag = np.array([k for _, k, _ in reads], dtype=np.uint64)
-        reader = np.array([r for _, _, r in reads], dtype=np.int32)
-        fast.ingest(ts, tag, reader)
-        ref.ingest(ts, tag, reader)
+        ts = np.array([clock + off for off, _, _, _ in reads], dtype=np.float64)
+        tag = np.array([k for _, k, _, _ in reads], dtype=np.uint64)
+        reader = np.array([r for _, _, r, _ in reads], dtype=np.int32)
+        rssi = np.array([x for _, _, _, x in reads], dtype=np.float32)
+        fast.ingest(ts, tag, reader, rssi)
+        ref.ingest(ts, tag, reader, rssi)
         assert (fast.reads, fast.bad_reads) == (ref.reads, ref.bad_reads)
         assert (fast.live_tags, fast.evictions) == (ref.live_tags, ref.evictions)
         if tick:
