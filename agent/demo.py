@@ -31,17 +31,17 @@ log = logging.getLogger("venue_agent.demo")
 
 # Real-time thresholds for the demo venue (the scenario's waits are tens of seconds).
 DEMO_ZONE_SETTINGS: dict[str, dict[str, Any]] = {
-    "dino-queue": {"name": "Dino Ride", "team": "dino-ops", "queue_long_wait_s": 30.0,
-                   "queue_long_clear_s": 20.0, "wait_short_s": 0.0,
+    "dino-queue": {"name": "Dino Ride", "team": "dino-ops", "queue_long_wait_s": 20.0,
+                   "queue_long_clear_s": 12.0, "wait_short_s": 0.0,
                    "absence_timeout_s": 300.0},
     "jungle-queue": {"name": "Jungle Cruise", "team": "jungle-ops", "queue_long_wait_s": 60.0,
                      "wait_short_s": 20.0, "absence_timeout_s": 300.0},
     "plaza": {"name": "Central Plaza", "team": "plaza-ops", "absence_timeout_s": 10.0,
               "dwell_long_s": 120.0},
 }
-DEMO_ESTIMATION = {"window_s": 60.0, "rate_window_s": 30.0, "fifo_slack_s": 10.0,
+DEMO_ESTIMATION = {"window_s": 30.0, "rate_window_s": 30.0, "fifo_slack_s": 10.0,
                    "min_measured_waits": 3}
-DEMO_MOMENTS = {"hold_s": 5.0, "cooldown_s": 30.0, "update_interval_s": 10.0,
+DEMO_MOMENTS = {"hold_s": 3.0, "cooldown_s": 30.0, "update_interval_s": 10.0,
                 "forecast_horizon_s": 30.0, "reader_down_after_s": 10.0}
 
 
@@ -146,7 +146,9 @@ def run_demo(*, duration_s: float | None, broker: str = "auto", seed: int = 7,
         if agent.error is not None:
             raise agent.error
         venue.start(delay_s=1.0)  # the agent opens the ports first
-        print("simulated readers started; watch the queue build at Dino Ride "
+        replay_at = time.strftime("%H:%M:%S", time.gmtime(venue.t0 or time.time()))
+        print(f"simulated readers: replay started at {replay_at} UTC; "
+              "watch the queue build at Dino Ride "
               f"(queue_long opens when the wait passes "
               f"{DEMO_ZONE_SETTINGS['dino-queue']['queue_long_wait_s']:.0f} s)\n",
               file=out, flush=True)

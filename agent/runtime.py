@@ -451,7 +451,9 @@ class Agent:
 def _dispatch_action(ev: MomentEvent, name: str, v: dict[str, float]) -> tuple[str, str] | None:
     """(priority, recommended action) for the moments staff act on, else None."""
     def mins(x: float) -> str:
-        return "?" if not math.isfinite(x) else f"{round(x / 60.0)} min"
+        if not math.isfinite(x):
+            return "unknown"
+        return f"{round(x)} s" if x < 120 else f"{round(x / 60.0)} min"
 
     if ev.status == "resolved":
         if ev.kind in ("queue_long", "queue_rising", "zone_crowded", "reader_down"):
@@ -462,7 +464,7 @@ def _dispatch_action(ev: MomentEvent, name: str, v: dict[str, float]) -> tuple[s
     if ev.kind == "queue_long":
         return "high", (f"Open another load station or add staff at {name}: wait "
                         f"{mins(v.get('wait_s', math.nan))}, "
-                        f"{_clean_float(v.get('queue_length', math.nan), 0)} in line.")
+                        f"{_count(v.get('queue_length', math.nan))} in line.")
     if ev.kind == "queue_rising":
         return "medium", (f"Prepare staff for {name}: wait forecast "
                           f"{mins(v.get('wait_forecast_s', math.nan))} within the horizon.")
@@ -471,6 +473,10 @@ def _dispatch_action(ev: MomentEvent, name: str, v: dict[str, float]) -> tuple[s
     if ev.kind == "reader_down":
         return "medium", f"Check reader {ev.reader} at {name}: offline."
     return None
+
+
+def _count(x: float) -> str:
+    return "unknown" if not math.isfinite(x) else str(round(x))
 
 
 def rss_mb() -> float:

@@ -164,6 +164,19 @@ class EngineParams:
         return max(1, self.max_tags // 64)
 
 
+def rate_span_s(rate_window_s: float, t_start: float, now: float) -> float:
+    """Seconds that arrivals_per_min and throughput_per_min are averaged over.
+
+    ``rate_window_s`` once the engine has run that long; before, the time since its first
+    read or tick (there is no data before it, and dividing by the full window would read a
+    fresh gateway's queue as barely moving, and its Little's-law wait as huge), but at least
+    a tenth of the window so one early event is not read as a flood.
+    """
+    if not np.isfinite(t_start):
+        return rate_window_s
+    return float(min(rate_window_s, max(now - t_start, 0.1 * rate_window_s)))
+
+
 def as_read_columns(
     ts: np.ndarray, tag: np.ndarray, reader: np.ndarray, rssi: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -230,6 +243,7 @@ class ZoneEngine:
         self._arr_t = np.zeros((z, p.history), dtype=np.float64)
         self._arr_n = np.zeros(z, dtype=np.int64)
         self._now = -np.inf
+        self._t_start = np.inf  # earliest read or tick seen (see rate_span_s)
 
     def ingest(
         self, ts: np.ndarray, tag: np.ndarray, reader: np.ndarray, rssi: np.ndarray | None = None
@@ -240,6 +254,8 @@ class ZoneEngine:
         ts, tag, reader, rssi = as_read_columns(ts, tag, reader, rssi)
         if ts.size == 0:
             return
+        if not np.all(np.isnan(ts)):
+            self._t_start = min(self._t_start, float(np.nanmin(ts)))
         t = self.topo
         ingest_reads(
             ts,
@@ -287,6 +303,7 @@ class ZoneEngine:
         if not np.isnan(now):
             self._now = max(self._now, now)
         now = self._now
+        self._t_start = min(self._t_start, now)
         p, t = self.params, self.topo
         sweep_departures(
             np.float64(now),
@@ -319,6 +336,7 @@ class ZoneEngine:
             np.float64(now),
             np.float64(p.window_s),
             np.float64(p.rate_window_s),
+            np.float64(rate_span_s(p.rate_window_s, self._t_start, now)),
             np.float64(p.horizon_s),
             np.int64(p.min_measured_waits),
             np.int64(p.min_recaptures),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .codes import DEP_EXIT, DEP_FIFO, DEP_MOVED, DEP_TIMEOUT, TAG_EXITED, TAG_IN
-from .engine import FLOAT_METRICS, EngineParams, ZoneMetrics, as_read_columns
+from .engine import FLOAT_METRICS, EngineParams, ZoneMetrics, as_read_columns, rate_span_s
 from .topology import (
     KIND_AREA,
     METHOD_LITTLE,
@@ -64,6 +64,7 @@ class ReferenceEngine:
         self.fifo_entries: list[deque[float]] = [deque(maxlen=p.fifo_witnesses) for _ in range(z)]
         self.fifo_cutoff = [-math.inf] * z
         self.now = -math.inf
+        self.t_start = math.inf  # earliest read or tick seen (see rate_span_s)
         self.evictions = 0
         self.reads = 0
         self.bad_reads = 0
@@ -78,6 +79,8 @@ class ReferenceEngine:
     ) -> None:
         ts, tag, reader, rssi = as_read_columns(ts, tag, reader, rssi)
         finite = [i for i in range(ts.size) if not math.isnan(ts[i])]
+        if finite:
+            self.t_start = min(self.t_start, min(float(ts[i]) for i in finite))
         self.bad_reads += ts.size - len(finite)
         for i in sorted(finite, key=lambda i: ts[i]):  # sorted() is stable
             self._read(float(ts[i]), int(tag[i]), int(reader[i]), float(rssi[i]))
@@ -200,6 +203,7 @@ class ReferenceEngine:
         if not math.isnan(now):
             self.now = max(self.now, float(now))
         now = self.now
+        self.t_start = min(self.t_start, now)
         kinds = self.topo.zone_kind
         for key, tg in list(self.tags.items()):
             area = kinds[tg.zone] == KIND_AREA
@@ -237,8 +241,9 @@ class ReferenceEngine:
             durs = [d for t, d, _, _ in deps if t > now - p.window_s and not math.isnan(d)]
             recent = [(kind, entry) for t, _, kind, entry in deps if t > now - p.read_rate_window_s]
             arrived = sum(1 for t in self.arrivals[z] if t > now - p.rate_window_s)
-            arrivals = arrived * 60.0 / p.rate_window_s
-            throughput = served * 60.0 / p.rate_window_s
+            span = rate_span_s(p.rate_window_s, self.t_start, now)
+            arrivals = arrived * 60.0 / span
+            throughput = served * 60.0 / span
             count = float(self.zone_count[z])
             out["occupancy"][z] = count
             samples[z] = len(durs)
@@ -264,7 +269,7 @@ class ReferenceEngine:
             out["queue_length"][z] = count
             if len(durs) >= p.min_measured_waits:
                 wait, method[z] = percentile(durs, 50), METHOD_MEASURED
-            elif throughput > 0:
+            elif throughput > 0 and served >= p.min_measured_waits:
                 wait, method[z] = count / (throughput / 60.0), METHOD_LITTLE
             elif count == 0:
                 wait, method[z] = 0.0, METHOD_LITTLE

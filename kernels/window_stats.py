@@ -21,7 +21,8 @@ Per queue zone:
     throughput_per_min = exits read at the exit reader in the rate window / exit read rate
     waits = measured waits (exit - entry) of exits in ``window_s``; ``wait_samples`` = how many
     wait_s = median(waits) if wait_samples >= min_measured (METHOD_MEASURED); else Little's law
-        queue_length / (throughput_per_min / 60) if throughput > 0, or 0 for an empty queue
+        queue_length / (throughput_per_min / 60) if at least min_measured exits were read in
+        the rate window, or 0 for an empty queue
         (METHOD_LITTLE); else NaN (METHOD_NONE)
     dwell_p50_s, dwell_p90_s = 50th / 90th percentile of the same waits
     wait_forecast_s: arrivals and throughput are held at their current rates for horizon_s;
@@ -68,6 +69,7 @@ def zone_metrics(
     now: float,
     window_s: float,
     rate_window_s: float,
+    rate_span_s: float,
     horizon_s: float,
     min_measured: int,
     min_recaptures: int,
@@ -91,7 +93,7 @@ def zone_metrics(
     Rows of out_f, in this order: queue_length, occupancy, wait_s, dwell_p50_s, dwell_p90_s,
     arrivals_per_min, throughput_per_min, wait_forecast_s, entry_read_rate, exit_read_rate.
     """
-    per_min = 60.0 / rate_window_s
+    per_min = 60.0 / rate_span_s  # shorter than the window early in a run (engine.rate_span_s)
     rate_lo = now - rate_window_s
     win_lo = now - window_s
     read_rate_lo = now - read_rate_window_s
@@ -153,7 +155,9 @@ def zone_metrics(
         if m >= min_measured:
             wait = out_f[3, z]
             method = METHOD_MEASURED
-        elif throughput > 0.0:
+        elif throughput > 0.0 and served >= min_measured:
+            # Little's law needs a few exits as evidence of the service rate: one early exit
+            # over a short span would quote a wait off by any factor.
             wait = count / (throughput / 60.0)
             method = METHOD_LITTLE
         elif count == 0.0:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from agent.demo import sim_config
+from agent.demo import DEMO_ESTIMATION, sim_config
 from tests.mqtt_helpers import Collector
 
 pytestmark = pytest.mark.e2e
@@ -32,6 +32,11 @@ SEED = 11
 # tolerances are stated as mean absolute errors over the run, not per sample.
 QUEUE_MAE_GUESTS = 2.5
 WAIT_MAE_PCT = 15.0
+
+
+def _nan_none(x: Any) -> float | None:
+    v = float(x)
+    return None if math.isnan(v) else v
 
 
 def _agent_env() -> dict[str, str]:
@@ -73,7 +78,12 @@ def gateway_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                 for m in msgs[seen:]:
                     if m.topic.endswith("/state"):
                         zone = m.topic.split("/")[3]
-                        truth.append((m.received, zone, venue.truth_at(zone, m.received)))
+                        t = venue.truth_at(zone, m.received)
+                        # The agent's wait is the median over its window of recent measured
+                        # waits: compare it with the true median over the same window.
+                        t["wait_s"] = _nan_none(venue.simulation.true_wait_s(
+                            zone, t["sim_t"], window_s=DEMO_ESTIMATION["window_s"]))
+                        truth.append((m.received, zone, t))
                 seen = len(msgs)
             tags = [int(t) for t in venue.simulation.visits["tag"]]
             raw_tags = {format(t, "010x") for t in tags} | {str(t & 0xFFFFFFFF) for t in tags}

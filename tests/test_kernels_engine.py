@@ -68,6 +68,7 @@ def test_enter_then_exit_measures_the_wait(make: Any) -> None:
 
 def test_exit_only_tag_counts_as_throughput_without_wait(make: Any) -> None:
     e = make()
+    e.tick(-300.0)  # running for a full rate window already: rates use all of it
     feed(e, [(10.0, 5, EXIT)])
     m = e.tick(11.0)
     assert m.throughput_per_min[0] == pytest.approx(1 / 5)
@@ -77,13 +78,20 @@ def test_exit_only_tag_counts_as_throughput_without_wait(make: Any) -> None:
 
 def test_few_measured_waits_fall_back_to_littles_law(make: Any) -> None:
     e = make(min_measured_waits=5)
-    # 10 tags join; 2 leave through the exit: 8 in the queue, 2 exits in 5 min = 0.4/min.
+    e.tick(-300.0)  # running for a full rate window already: rates use all of it
+    # 10 tags join; 2 leave through the exit: 8 in the queue, 2 measured waits.
     feed(e, [(float(i), 100 + i, ENTRY) for i in range(10)])
     feed(e, [(60.0, 100, EXIT), (61.0, 101, EXIT)])
     m = e.tick(62.0)
+    # Two exits are too little evidence of the service rate for Little's law either.
+    assert m.queue_length[0] == 8 and m.wait_method[0] == METHOD_NONE
+    assert np.isnan(m.wait_s[0])
+    # Three more exits of tags whose entry read was missed: 5 exits in 5 min = 1/min.
+    feed(e, [(62.5, 900, EXIT), (63.0, 901, EXIT), (63.5, 902, EXIT)])
+    m = e.tick(64.0)
     assert m.queue_length[0] == 8
     assert m.wait_method[0] == METHOD_LITTLE
-    assert m.wait_s[0] == pytest.approx(8 / (0.4 / 60))
+    assert m.wait_s[0] == pytest.approx(8 / (1.0 / 60))
     assert m.wait_samples[0] == 2
 
 
@@ -119,6 +127,7 @@ def test_fifo_allows_overtakes_within_the_slack(make: Any) -> None:
 
 def test_timeout_departure_in_a_queue_and_an_area(make: Any) -> None:
     e = make()
+    e.tick(-300.0)  # running for a full rate window already: rates use all of it
     feed(e, [(0.0, 1, ENTRY), (0.0, 2, AREA), (30.0, 2, AREA)])
     m = e.tick(90.0)
     assert m.occupancy[1] == 1  # unseen for 60 s: not more than the 60 s timeout
@@ -228,3 +237,22 @@ def test_topology_validation() -> None:
     src = np.array([0], dtype=np.int32)
     topo = Topology(src, np.array([0]), np.array([1]), np.array([60.0]))
     assert topo.reader_zone.dtype == np.int32 and src.flags.writeable  # a private copy
+
+
+def test_fresh_engine_averages_rates_over_the_time_it_has_run(make: Any) -> None:
+    # A gateway that started 30 s ago has seen 30 s of flow, not 300: dividing by the full
+    # rate window would make its throughput look 10x too low and Little's-law waits 10x long.
+    e = make(rate_window_s=300.0)
+    e.tick(0.0)
+    feed(e, [(float(i), 100 + i, ENTRY) for i in range(10)]
+         + [(10.0 + i, 100 + i, EXIT) for i in range(5)])
+    m = e.tick(30.0)
+    assert m.throughput_per_min[0] == pytest.approx(5 * 60.0 / 30.0)
+    assert m.arrivals_per_min[0] == pytest.approx(10 * 60.0 / 30.0)
+    # ...but never over less than a tenth of the window, so one early exit is no flood.
+    e2 = make(rate_window_s=300.0)
+    e2.tick(0.0)
+    feed(e2, [(0.5, 7, EXIT)])
+    assert e2.tick(1.0).throughput_per_min[0] == pytest.approx(60.0 / 30.0)
+    # After a full window the whole window is used.
+    assert e.tick(400.0).throughput_per_min[0] == 0.0
