@@ -31,11 +31,11 @@ demo: deps-demo
 	$(BIN)/venue-agent demo $${DEMO_SECONDS:+--duration $$DEMO_SECONDS}
 
 test: deps-test
-	$(BIN)/ruff check agent firmware_bridge kernels simulators tests bench
+	$(BIN)/ruff check agent firmware_bridge kernels simulators tests $(wildcard bench)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: deps-test
-	$(BIN)/ruff check agent firmware_bridge kernels simulators tests bench
+	$(BIN)/ruff check agent firmware_bridge kernels simulators tests $(wildcard bench)
 
 typecheck: deps-test
 	$(BIN)/mypy

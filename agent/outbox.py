@@ -25,12 +25,13 @@ consumer saw. Only when the overflow is full too does ``enqueue`` raise
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,7 @@ class Outbox:
         self._overflow_limit = overflow_limit
         self._full_logged = False
         self.full_events = 0
+        self._batch: list[_Parked] | None = None  # messages written in the open batch()
         self._db = self._open(max_bytes)
 
     # -- opening -------------------------------------------------------------------------
@@ -195,6 +197,42 @@ class Outbox:
 
     # -- writing -------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Write every ``enqueue`` inside the block in one transaction: one fsync per tick
+        instead of one per message (20 zone states a second would otherwise be 20 fsyncs
+        on an SD card).
+
+        Nothing is lost if storage fills up: a message that no longer fits waits in the
+        memory overflow as usual, and if the final commit itself fails for lack of space,
+        the whole batch is rolled back and its messages go to the front of the overflow,
+        in order, to be written (and given their ``seq``) when space returns.
+        """
+        if self._batch is not None:  # nested: part of the outer batch
+            yield
+            return
+        self._batch = []
+        try:
+            self._db.conn.execute("BEGIN")
+            try:
+                yield
+            except BaseException:
+                self._db.conn.rollback()
+                raise
+            try:
+                self._db.conn.commit()
+            except sqlite3.OperationalError as exc:
+                self._db.conn.rollback()
+                if exc.sqlite_errorcode != sqlite3.SQLITE_FULL:
+                    raise OutboxError(f"outbox {self.path}: write failed: {exc}") from exc
+                for msg in reversed(self._batch):
+                    self._overflow.appendleft(msg)
+                self.full_events += 1
+                log.warning("outbox %s is full; %d messages of this tick wait in memory",
+                            self.path, len(self._batch))
+        finally:
+            self._batch = None
+
     def enqueue(
         self,
         topic: str,
@@ -229,9 +267,13 @@ class Outbox:
             self.flush_overflow()
         if not self._overflow:
             try:
-                return self._insert(parked)
+                row = self._insert(parked)
             except OutboxFullError:
-                pass
+                self._recover_batch()
+            else:
+                if self._batch is not None:
+                    self._batch.append(parked)
+                return row
         return self._park(parked)
 
     def _insert(self, msg: _Parked) -> int:
@@ -269,6 +311,18 @@ class Outbox:
             self._full_logged = False
         assert row is not None
         return row
+
+    def _recover_batch(self) -> None:
+        """After SQLITE_FULL inside a batch: SQLite may have rolled back the whole
+        transaction, not just the failed statement. Then the batch's earlier messages are
+        no longer stored: put them back at the front of the overflow, in order, and open a
+        new transaction for the rest of the batch."""
+        if self._batch is None or self._db.conn.in_transaction:
+            return
+        for msg in reversed(self._batch):
+            self._overflow.appendleft(msg)
+        self._batch.clear()
+        self._db.conn.execute("BEGIN")
 
     def _next_seq_in_tx(self, stream: str) -> int:
         self._db.execute(
@@ -313,8 +367,11 @@ class Outbox:
             try:
                 self._insert(self._overflow[0])
             except OutboxFullError:
+                self._recover_batch()
                 break
-            self._overflow.popleft()
+            msg = self._overflow.popleft()
+            if self._batch is not None:
+                self._batch.append(msg)
             written += 1
         return written
 

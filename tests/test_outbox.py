@@ -299,3 +299,43 @@ def test_outbox_matches_a_simple_model(script: list[tuple[str, int]]) -> None:
                 assert ob.depth() == len(model)
         finally:
             ob.close()
+
+
+def test_batch_is_one_transaction(tmp_path: Path) -> None:
+    import sqlite3 as _sqlite3
+
+    path = tmp_path / "o.db"
+    with Outbox(path) as ob:
+        with ob.batch():
+            for i in range(5):
+                ob.enqueue(f"t/{i}", {"i": i}, seq_stream="s")
+            # another connection sees nothing until the batch commits
+            with _sqlite3.connect(path) as other:
+                assert other.execute("select count(*) from outbox_messages").fetchone()[0] == 0
+        with _sqlite3.connect(path) as other:
+            assert other.execute("select count(*) from outbox_messages").fetchone()[0] == 5
+        assert [m.seq for m in ob.pending(10)] == [1, 2, 3, 4, 5]
+
+
+def test_batch_on_a_full_disk_loses_nothing_and_keeps_order(tmp_path: Path) -> None:
+    with Outbox(tmp_path / "o.db", max_bytes=96 * 1024, overflow_limit=500) as ob:
+        sent = 0
+        for _ in range(20):  # fill the file up, a tick's worth of messages at a time
+            with ob.batch():
+                for _ in range(10):
+                    ob.enqueue("t", {"n": sent, "pad": "x" * 400}, seq_stream="s")
+                    sent += 1
+        assert ob.overflow_depth > 0  # storage really filled up
+        got: list[int] = []
+        seqs: list[int] = []
+        while ob.depth() or ob.overflow_depth:
+            batch = ob.pending(20)
+            for m in batch:
+                p = json.loads(m.payload)
+                got.append(p["n"])
+                seqs.append(p["seq"])
+            ob.ack_many(m.row for m in batch)
+            with ob.batch():
+                ob.flush_overflow()
+        assert got == list(range(sent))
+        assert seqs == list(range(1, sent + 1))
