@@ -32,6 +32,7 @@ demo: deps-demo
 
 test: deps-test
 	$(BIN)/ruff check agent firmware_bridge kernels simulators tests $(wildcard bench)
+	$(BIN)/mypy
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: deps-test

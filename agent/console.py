@@ -107,7 +107,7 @@ def watch(broker_url: str, venue: str, *, team: str | None = None, duration_s: f
           stop_check: Any = None) -> ConsoleState:
     """Run the console until ``duration_s`` passes (or forever / Ctrl-C); returns its state."""
     host, port, tls = broker_host_port(broker_url)
-    inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    inbox: queue.Queue[tuple[str, bytes | bytearray]] = queue.Queue()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
     if tls:
         client.tls_set()

@@ -61,8 +61,9 @@ def run_doctor(cfg: Config, out: TextIO) -> int:
             else:
                 report(True, f"reader {r.id} ({r.protocol})", f"{p} present")
         elif r.port.startswith("socket://"):
-            host, _, port = r.port[len("socket://"):].partition(":")
-            report(*_tcp(host, int(port or 0)), f"reader {r.id} ({r.protocol}) {r.port}")
+            host, _, port_text = r.port[len("socket://"):].partition(":")
+            ok, detail = _tcp(host, int(port_text or 0))
+            report(ok, f"reader {r.id} ({r.protocol}) {r.port}", detail)
         else:
             report(True, f"reader {r.id} ({r.protocol})", f"{r.port} (not checked)")
     host, port, _tls = broker_host_port(cfg.broker.url)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent.config import Config, MomentsConfig, ZoneConfig
 from agent.ids import new_id
@@ -121,8 +122,9 @@ class ThresholdRule:
 
 # The zone metrics each kind watches. Values are read from a mapping per zone.
 def _zone_rules(z: ZoneConfig, m: MomentsConfig) -> Iterator[tuple[str, ThresholdRule]]:
-    common = dict(hold_s=m.hold_s, cooldown_s=m.cooldown_s,
-                  update_interval_s=m.update_interval_s, update_change_pct=m.update_change_pct)
+    common: dict[str, Any] = dict(
+        hold_s=m.hold_s, cooldown_s=m.cooldown_s, update_interval_s=m.update_interval_s,
+        update_change_pct=m.update_change_pct)
     if z.kind == "queue":
         yield "wait_s", ThresholdRule("queue_long", z.id, z.queue_long_wait_s, z.clear_wait_s,
                                       True, "s", **common)

@@ -39,9 +39,10 @@ class ReadBuffer:
         self.n = i + 1
 
     def _grow(self) -> None:
-        old = (self.ts, self.tag, self.reader, self.rssi)
+        old: tuple[np.ndarray, ...] = (self.ts, self.tag, self.reader, self.rssi)
         self._alloc(self.capacity * 2)
-        for dst, src in zip((self.ts, self.tag, self.reader, self.rssi), old, strict=True):
+        new: tuple[np.ndarray, ...] = (self.ts, self.tag, self.reader, self.rssi)
+        for dst, src in zip(new, old, strict=True):
             dst[: self.n] = src[: self.n]
 
     def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

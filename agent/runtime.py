@@ -194,7 +194,7 @@ class Agent:
         settings = BrokerSettings(url=b.url, client_id=self.cfg.client_id,
                                   keepalive_s=b.keepalive_s, username=b.username or None,
                                   password=password, ca_file=b.ca_file or None,
-                                  protocol=b.protocol)
+                                  protocol=b.protocol)  # type: ignore[arg-type]  # validated
         return Publisher(settings, self.outbox,
                          will=(self.topics.status, self._status_payload(False, "connection lost")),
                          birth=lambda: (self.topics.status, self._status_payload(True, "started")))
