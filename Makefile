@@ -41,6 +41,16 @@ lint: deps-test
 typecheck: deps-test
 	$(BIN)/mypy
 
+# Speed: ingest rate, speed-ups against the reference twin and numpy, tick latency,
+# start-up and memory. Writes bench/out/speed.json.
+bench: deps-test
+	NUMBA_NUM_THREADS=1 $(BIN)/python bench/run.py --out bench/out/speed.json
+
+# Accuracy against the simulator's ground truth, per scenario, with a PNG per scenario.
+# Writes bench/out/accuracy.json.
+accuracy: deps-test
+	$(BIN)/python bench/accuracy.py --out bench/out/accuracy.json --plots bench/out
+
 soak: deps-test
 	$(BIN)/python -m pytest -m soak $(PYTEST_ARGS)
 

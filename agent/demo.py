@@ -129,7 +129,8 @@ def run_demo(*, duration_s: float | None, broker: str = "auto", seed: int = 7,
     print(f"venue-agent demo: scenario {scenario.name!r}, {duration_s:.0f} s, files in {wd}",
           file=out, flush=True)
     brk = start_broker(prefer=broker, workdir=wd / "broker")  # type: ignore[arg-type]
-    print(f"broker: {brk.kind} at {brk.url}", file=out, flush=True)
+    print(f"broker: {brk.kind} at {brk.url}  (see every message: "
+          f"mosquitto_sub -p {brk.port} -t 'venue/#' -v)", file=out, flush=True)
     venue = SimulatedVenue(scenario, wd / "sim", seed=seed)
     agent: AgentThread | None = None
     interrupted = threading.Event()
