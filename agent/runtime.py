@@ -405,7 +405,7 @@ class Agent:
         await self._start_ble()
         tick_s = self.cfg.gateway.tick_s
         next_health = time.monotonic() + self.cfg.gateway.health_interval_s
-        next_tick = time.monotonic() + tick_s
+        next_tick = time.monotonic()  # the first tick at once: state is published at start-up
         log.info("gateway %s of venue %s running: %d readers, %d zones, broker %s",
                  self.cfg.gateway.id, self.cfg.venue.id, len(self.readers),
                  len(self.cfg.zones), self.cfg.broker.url)
