@@ -152,6 +152,7 @@ class EstimationConfig:
     rate_window_s: float = 300.0  # arrivals and throughput per minute over this window
     fifo_slack_s: float = 120.0  # overtaking allowed before FIFO clearing of missed exits
     min_measured_waits: int = 5  # below this many measured waits, Little's law is used
+    wait_recent: int = 20  # wait_s is the median of the latest this-many measured waits
 
 
 @dataclass(frozen=True)
@@ -367,7 +368,7 @@ def parse_config(text: str, file: str = "<memory>") -> Config:
         raise ConfigError(file, "storage.path", "a path for the gateway's SQLite database")
     moments = _Section(file, "moments", data.get("moments", {})).build(MomentsConfig)
     estimation = _Section(file, "estimation", data.get("estimation", {})).build(EstimationConfig)
-    for name in ("max_tags", "window_s", "rate_window_s", "min_measured_waits"):
+    for name in ("max_tags", "window_s", "rate_window_s", "min_measured_waits", "wait_recent"):
         if getattr(estimation, name) <= 0:
             raise ConfigError(file, f"estimation.{name}", "a number > 0",
                               getattr(estimation, name))

@@ -165,6 +165,7 @@ class Agent:
         self.engine = kernels.ZoneEngine(
             topo, max_tags=est.max_tags, window_s=est.window_s, rate_window_s=est.rate_window_s,
             fifo_slack_s=est.fifo_slack_s, min_measured_waits=est.min_measured_waits,
+            wait_recent=est.wait_recent,
             horizon_s=cfg.moments.forecast_horizon_s)
         # Compile (or load from the cache) before the first real tick.
         self.engine.ingest(np.empty(0, np.float64), np.empty(0, np.uint64),

@@ -15,6 +15,7 @@ import numpy as np
 from .codes import C_BAD_READS, C_EVICTIONS, C_FREE_TOP, C_READS, N_COUNTERS
 from .hashtable import table_bits
 from .ingest import ingest_reads
+from .queue_order import queue_entries
 from .sweep import sweep_departures
 from .topology import Topology
 from .window_stats import zone_metrics
@@ -38,22 +39,25 @@ FLOAT_METRICS = (
 class ZoneMetrics:
     """Metrics of every zone at one tick; arrays indexed by zone, NaN where undefined.
 
-    queue_length: float64[Z], tags in the queue corrected for the entry read rate (queue
-        zones; NaN for areas).
+    queue_length: float64[Z], tags queueing (at or after the FIFO frontier) corrected for the
+        entry read rate (queue zones; NaN for areas).
     occupancy: float64[Z], tags in the zone as read (queue zones: not corrected).
-    wait_s: float64[Z], seconds (queue zones), produced as wait_method says.
+    wait_s: float64[Z], seconds (queue zones): the wait of the guests boarding now, produced
+        as wait_method says.
     wait_method: int8[Z], METHOD_MEASURED | METHOD_LITTLE | METHOD_NONE.
     dwell_p50_s, dwell_p90_s: float64[Z], seconds; queue zones: percentiles of measured waits,
         area zones: of dwells of visits that ended in the window.
     arrivals_per_min, throughput_per_min: float64[Z], visits begun / ended per minute (queue
         zones: corrected for the entry / exit read rate).
-    wait_forecast_s: float64[Z], seconds, the wait expected ``horizon_s`` from now.
+    wait_forecast_s: float64[Z], seconds, the wait of the guest boarding ``horizon_s`` from
+        now (NaN during the first ``rate_window_s`` of a run).
     entry_read_rate, exit_read_rate: float64[Z] in [0, 1], capture-recapture estimates of the
         fraction of tags a queue's entry / exit reader reads; NaN for areas and until enough
         tags were read at both ends.
     live_tags: int64[Z], tags currently in each zone.
-    wait_samples: int64[Z], measured waits behind wait_s and the dwell percentiles (queue
-        zones), or dwells behind the percentiles (area zones).
+    wait_samples: int64[Z], measured waits in the window behind the dwell percentiles (and,
+        the latest ``wait_recent`` of them, wait_s) of queue zones, or dwells behind the
+        percentiles of area zones.
     now: float64 s, the time the metrics are for (max of every ``now`` given to tick so far).
     """
 
@@ -88,6 +92,8 @@ class EngineParams:
     fifo_witnesses: consecutive measured exits that must all have entered more than
         fifo_slack_s after a tag before that tag is cleared.
     min_measured_waits: measured waits needed in window_s for METHOD_MEASURED.
+    wait_recent: a measured wait_s is the median of the latest this-many measured waits in
+        window_s (the guests boarding now; the dwell percentiles use the whole window).
     exit_hold_s: how long a tag read at a queue exit is remembered, so repeated exit reads
         are not counted again.
     history: capacity of each zone's departure and arrival rings (events, per zone).
@@ -109,6 +115,7 @@ class EngineParams:
     fifo_slack_s: float = 120.0
     fifo_witnesses: int = 3
     min_measured_waits: int = 5
+    wait_recent: int = 20
     exit_hold_s: float = 60.0
     history: int = 4096
     read_rate_window_s: float = 3600.0
@@ -139,7 +146,8 @@ class EngineParams:
                 raise ValueError(f"{name} must be finite and >= 0, got {v!r}")
         if not 0 <= self.ble_alpha_min <= 1 or self.min_read_rate > 1:
             raise ValueError("ble_alpha_min and min_read_rate must be in [0, 1]")
-        counts = ("fifo_witnesses", "min_measured_waits", "history", "min_recaptures")
+        counts = ("fifo_witnesses", "min_measured_waits", "wait_recent", "history",
+                  "min_recaptures")
         for name in (*counts, "ble_min_reads", "ble_candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -242,8 +250,11 @@ class ZoneEngine:
         self._dep_n = np.zeros(z, dtype=np.int64)
         self._arr_t = np.zeros((z, p.history), dtype=np.float64)
         self._arr_n = np.zeros(z, dtype=np.int64)
+        self._q_first = np.zeros(m, dtype=np.float64)  # queue_order.queue_entries
+        self._q_off = np.zeros(z + 1, dtype=np.int64)
         self._now = -np.inf
         self._t_start = np.inf  # earliest read or tick seen (see rate_span_s)
+        self._ingest_compiled = False
 
     def ingest(
         self, ts: np.ndarray, tag: np.ndarray, reader: np.ndarray, rssi: np.ndarray | None = None
@@ -252,8 +263,12 @@ class ZoneEngine:
         (index into the topology), rssi float32[N] dBm or None (NaN = none). A finite RSSI at a
         PRESENCE reader makes the read a BLE advert (smoothed, zone by hysteresis)."""
         ts, tag, reader, rssi = as_read_columns(ts, tag, reader, rssi)
-        if ts.size == 0:
+        if ts.size == 0 and self._ingest_compiled:
             return
+        # The first call goes through the kernel even when empty: the agent warms up with an
+        # empty batch so the kernel is compiled (or loaded from the cache) at start-up, not
+        # on the first tick with reads.
+        self._ingest_compiled = True
         if not np.all(np.isnan(ts)):
             self._t_start = min(self._t_start, float(np.nanmin(ts)))
         t = self.topo
@@ -329,6 +344,15 @@ class ZoneEngine:
             self._dep_n,
             self._row_entry,
         )
+        queue_entries(
+            t.zone_kind,
+            self._zone_count,
+            self._row_state,
+            self._row_zone,
+            self._row_first,
+            self._q_first,
+            self._q_off,
+        )
         out_f = np.empty((len(FLOAT_METRICS), t.n_zones), dtype=np.float64)
         method = np.zeros(t.n_zones, dtype=np.int8)
         samples = np.zeros(t.n_zones, dtype=np.int64)
@@ -339,6 +363,7 @@ class ZoneEngine:
             np.float64(rate_span_s(p.rate_window_s, self._t_start, now)),
             np.float64(p.horizon_s),
             np.int64(p.min_measured_waits),
+            np.int64(p.wait_recent),
             np.int64(p.min_recaptures),
             np.float64(p.min_read_rate),
             np.float64(p.read_rate_window_s),
@@ -351,6 +376,10 @@ class ZoneEngine:
             self._dep_n,
             self._arr_t,
             self._arr_n,
+            self._fifo_entry,
+            self._fifo_n,
+            self._q_first,
+            self._q_off,
             out_f,
             method,
             samples,

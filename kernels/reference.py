@@ -7,6 +7,7 @@ window_stats.py. Slow by design: use it only as a test oracle.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -238,14 +239,31 @@ class ReferenceEngine:
                 for t, _, kind, _ in deps
                 if t > now - p.rate_window_s and (area or kind == DEP_EXIT)
             )
+            # in the order recorded: the last ones are the latest
             durs = [d for t, d, _, _ in deps if t > now - p.window_s and not math.isnan(d)]
             recent = [(kind, entry) for t, _, kind, entry in deps if t > now - p.read_rate_window_s]
+            shortest = min(
+                (d for t, d, _, _ in deps if t > now - p.read_rate_window_s and not math.isnan(d)),
+                default=math.nan,
+            )
             arrived = sum(1 for t in self.arrivals[z] if t > now - p.rate_window_s)
             span = rate_span_s(p.rate_window_s, self.t_start, now)
             arrivals = arrived * 60.0 / span
             throughput = served * 60.0 / span
             count = float(self.zone_count[z])
             out["occupancy"][z] = count
+            read_rate = 1.0
+            line: list[float] = []
+            if not area:
+                # queueing: tags at or after the FIFO frontier, the earliest entry of the last
+                # K measured exits (older tags have boarded with their exit read missed)
+                line = sorted(
+                    tg.first for tg in self.tags.values() if tg.zone == z and tg.state == TAG_IN
+                )
+                w = self.fifo_entries[z]
+                frontier = min(w) if len(w) == p.fifo_witnesses else -math.inf
+                line = line[bisect.bisect_left(line, frontier) :]
+                count = float(len(line))
             samples[z] = len(durs)
             if durs:
                 out["dwell_p50_s"][z] = percentile(durs, 50)
@@ -262,13 +280,14 @@ class ReferenceEngine:
                     arrivals /= max(p_in, p.min_read_rate)
                     throughput /= max(p_out, p.min_read_rate)
                     count /= max(p_in, p.min_read_rate)
+                    read_rate = max(p_in, p.min_read_rate)
             out["arrivals_per_min"][z] = arrivals
             out["throughput_per_min"][z] = throughput
             if area:
                 continue
             out["queue_length"][z] = count
             if len(durs) >= p.min_measured_waits:
-                wait, method[z] = percentile(durs, 50), METHOD_MEASURED
+                wait, method[z] = percentile(durs[-p.wait_recent :], 50), METHOD_MEASURED
             elif throughput > 0 and served >= p.min_measured_waits:
                 wait, method[z] = count / (throughput / 60.0), METHOD_LITTLE
             elif count == 0:
@@ -278,8 +297,14 @@ class ReferenceEngine:
             out["wait_s"][z] = wait
             lam, mu = arrivals / 60.0, throughput / 60.0
             projected = max(0.0, count + (lam - mu) * p.horizon_s)
-            if math.isnan(wait):
+            j = math.floor(mu * p.horizon_s * read_rate)  # tags boarding within the horizon
+            if math.isnan(wait) or span < p.rate_window_s:  # no forecast in the first window
                 fc = math.nan
+            elif j < len(line):  # the guest boarding then is in the line now
+                fc = max(0.0, now + p.horizon_s - line[j])
+            elif mu > 0 and lam > 0:  # ... joins (mu * horizon - count) / lam from now
+                fc = p.horizon_s - (mu * p.horizon_s - count) / lam
+                fc = max(fc, 0.0 if math.isnan(shortest) else shortest)
             elif mu > 0:
                 fc = max(0.0, wait + (projected - count) / mu)
             else:

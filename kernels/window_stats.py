@@ -16,19 +16,19 @@ long window halves the sampling noise):
     correction divides by max(rate, min_read_rate) so one bad window cannot explode a count.
 
 Per queue zone:
-    queue_length = tags in the queue / entry read rate (float64); occupancy = tags in the
-        queue as read (uncorrected)
+    queue_length = tags queueing (entered at or after the FIFO frontier, queue_order.py) /
+        entry read rate (float64); occupancy = tags in the queue as read (uncorrected)
     throughput_per_min = exits read at the exit reader in the rate window / exit read rate
     waits = measured waits (exit - entry) of exits in ``window_s``; ``wait_samples`` = how many
-    wait_s = median(waits) if wait_samples >= min_measured (METHOD_MEASURED); else Little's law
+    wait_s = median of the latest ``wait_recent`` waits (in the order recorded) if
+        wait_samples >= min_measured (METHOD_MEASURED); else Little's law
         queue_length / (throughput_per_min / 60) if at least min_measured exits were read in
         the rate window, or 0 for an empty queue
         (METHOD_LITTLE); else NaN (METHOD_NONE)
     dwell_p50_s, dwell_p90_s = 50th / 90th percentile of the same waits
-    wait_forecast_s: arrivals and throughput are held at their current rates for horizon_s;
-        the queue grows by (arrivals - throughput) * horizon (never below 0) and each extra
-        tag adds 1 / throughput to the current wait. NaN without throughput unless the queue
-        is projected empty (0).
+    wait_forecast_s: the wait of the guest boarding horizon_s from now, with arrivals and
+        throughput held (forecast_boarding_wait); NaN during the first rate_window_s of a
+        run (rate_span_s < rate_window_s).
 Per area zone:
     occupancy = tags present; queue_length, wait_s, wait_forecast_s = NaN, METHOD_NONE
     throughput_per_min = departures of any kind in the rate window
@@ -42,6 +42,7 @@ import numpy as np
 
 from ._jit import jit
 from .codes import DEP_EXIT
+from .queue_order import fifo_frontier
 from .topology import KIND_AREA, METHOD_LITTLE, METHOD_MEASURED, METHOD_NONE
 
 
@@ -65,6 +66,46 @@ def forecast_wait(
 
 
 @jit
+def forecast_boarding_wait(
+    now: float,
+    wait_s: float,
+    queue_len: float,
+    arrivals_per_s: float,
+    service_per_s: float,
+    horizon_s: float,
+    read_rate: float,
+    line: np.ndarray,
+    shortest_s: float,
+) -> float:
+    """Wait (s) of the guest who will board ``horizon_s`` from now, FIFO, rates held.
+
+    ``line``: sorted entry times of the tags queueing now (at or after the FIFO frontier);
+    ``read_rate``: the fraction of guests the entry reader reads; ``queue_len``: guests
+    queueing (corrected); ``shortest_s``: the shortest measured wait lately (NaN: none).
+    The guests boarding in the next ``horizon_s`` are the first service * horizon guests of
+    the line, i.e. its first ``j = floor(service * horizon * read_rate)`` tags:
+
+    - the line is longer than that: the guest boarding then is queueing now, and their wait
+      will be ``now + horizon_s - line[j]``;
+    - else, with service and arrivals: that guest is the (service * horizon - queue_len)-th to
+      join from now, at ``now + (service * horizon - queue_len) / arrivals``; their wait is
+      the rest of the horizon, but not below ``shortest_s`` (the walk of an empty line);
+    - else ``forecast_wait`` (0 for a queue projected empty, NaN without service).
+    NaN while ``wait_s`` is NaN (no evidence of the service yet).
+    """
+    if np.isnan(wait_s):
+        return np.nan
+    j = np.floor(service_per_s * horizon_s * read_rate)
+    if j < line.size:
+        return max(0.0, now + horizon_s - line[np.int64(j)])
+    if service_per_s > 0.0 and arrivals_per_s > 0.0:
+        fc = horizon_s - (service_per_s * horizon_s - queue_len) / arrivals_per_s
+        floor = 0.0 if np.isnan(shortest_s) else shortest_s
+        return max(fc, floor)
+    return forecast_wait(wait_s, queue_len, arrivals_per_s, service_per_s, horizon_s)
+
+
+@jit
 def zone_metrics(
     now: float,
     window_s: float,
@@ -72,6 +113,7 @@ def zone_metrics(
     rate_span_s: float,
     horizon_s: float,
     min_measured: int,
+    wait_recent: int,
     min_recaptures: int,
     min_read_rate: float,
     read_rate_window_s: float,
@@ -84,6 +126,10 @@ def zone_metrics(
     dep_n: np.ndarray,
     arr_t: np.ndarray,
     arr_n: np.ndarray,
+    fifo_entry: np.ndarray,
+    fifo_n: np.ndarray,
+    q_first: np.ndarray,
+    q_off: np.ndarray,
     out_f: np.ndarray,
     out_method: np.ndarray,
     out_samples: np.ndarray,
@@ -108,7 +154,9 @@ def zone_metrics(
         exits = 0  # exits read, in read_rate_window_s
         both = 0  # ... whose visit was also read at the entry
         missed = 0  # entry-read visits that left without an exit read, in read_rate_window_s
-        for k in range(n_dep):
+        shortest = np.nan  # shortest measured wait in read_rate_window_s
+        for i in range(dep_n[z] - n_dep, dep_n[z]):  # oldest to newest
+            k = i % cap
             t = dep_t[z, k]
             kind = dep_kind[z, k]
             if t > rate_lo and (area or kind == DEP_EXIT):
@@ -119,6 +167,9 @@ def zone_metrics(
                     buf[m] = d
                     m += 1
             if t > read_rate_lo:
+                d = dep_dur[z, k]
+                if not np.isnan(d) and not d >= shortest:  # shortest may still be NaN
+                    shortest = d
                 if kind == DEP_EXIT:
                     exits += 1
                     both += dep_entry[z, k]
@@ -132,6 +183,7 @@ def zone_metrics(
         throughput = served * per_min
         count = np.float64(zone_count[z])
         out_f[1, z] = count
+        line = q_first[q_off[z] : q_off[z + 1]]
         out_samples[z] = m
         if m > 0:
             out_f[3, z] = np.percentile(buf[:m], 50.0)
@@ -141,6 +193,10 @@ def zone_metrics(
             out_f[6, z] = throughput
             out_method[z] = METHOD_NONE
             continue
+        # Queueing: the tags at or after the FIFO frontier (older ones have boarded unread).
+        line = line[np.searchsorted(line, fifo_frontier(fifo_entry, fifo_n, z)) :]
+        count = np.float64(line.size)
+        read_rate = 1.0
         if both >= min_recaptures:
             p_in = both / exits
             p_out = both / (both + missed)
@@ -149,11 +205,13 @@ def zone_metrics(
             arrivals /= max(p_in, min_read_rate)
             throughput /= max(p_out, min_read_rate)
             count /= max(p_in, min_read_rate)
+            read_rate = max(p_in, min_read_rate)
         out_f[0, z] = count
         out_f[5, z] = arrivals
         out_f[6, z] = throughput
         if m >= min_measured:
-            wait = out_f[3, z]
+            # the latest waits: the guests boarding now (the window's median lags a ramp)
+            wait = float(np.percentile(buf[m - min(m, wait_recent) : m], 50.0))
             method = METHOD_MEASURED
         elif throughput > 0.0 and served >= min_measured:
             # Little's law needs a few exits as evidence of the service rate: one early exit
@@ -168,4 +226,11 @@ def zone_metrics(
             method = METHOD_NONE
         out_f[2, z] = wait
         out_method[z] = method
-        out_f[7, z] = forecast_wait(wait, count, arrivals / 60.0, throughput / 60.0, horizon_s)
+        if rate_span_s < rate_window_s:
+            # a fresh engine: rates over a part-window are biased by the line filling up
+            # (arrivals counted from the first one, exits only once guests reach the exit)
+            continue
+        out_f[7, z] = forecast_boarding_wait(
+            now, wait, count, arrivals / 60.0, throughput / 60.0, horizon_s, read_rate, line,
+            shortest,
+        )

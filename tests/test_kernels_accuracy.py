@@ -142,7 +142,8 @@ def test_capture_recapture_corrects_missed_reads() -> None:
         true_len = np.sum((arrive <= now) & (leave > now))
         errs.append(abs(m.queue_length[0] - true_len) / true_len)
         raw_errs.append(abs(m.occupancy[0] - true_len) / true_len)
-        recent = (leave <= now) & (leave > now - 900)
+        # wait_s is the wait of the guests boarding now: those who left in the last 2 min
+        recent = (leave <= now) & (leave > now - 120)
         wait_errs.append(abs(m.wait_s[0] - np.median(wait[recent])) / np.median(wait[recent]))
         assert m.wait_method[0] == METHOD_MEASURED
     last = ticks[-1][1]

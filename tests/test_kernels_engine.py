@@ -119,7 +119,9 @@ def test_fifo_allows_overtakes_within_the_slack(make: Any) -> None:
     e = make(fifo_slack_s=60.0, fifo_witnesses=1)
     feed(e, [(0.0, 1, ENTRY), (30.0, 2, ENTRY)])
     feed(e, [(300.0, 2, EXIT)])  # tag 2 overtook tag 1 by 30 s < slack
-    assert e.tick(301.0).queue_length[0] == 1
+    m = e.tick(301.0)
+    # tag 1 stays (not cleared) but, being behind the FIFO frontier, is not counted as queueing
+    assert m.occupancy[0] == 1 and m.live_tags[0] == 1 and m.queue_length[0] == 0
     feed(e, [(302.0, 1, EXIT)])
     m = e.tick(303.0)
     assert m.queue_length[0] == 0 and m.wait_samples[0] == 2
@@ -201,7 +203,9 @@ def test_empty_batch_and_empty_engine(make: Any) -> None:
     feed(e, [])
     m = e.tick(0.0)
     assert m.queue_length[0] == 0 and m.occupancy[1] == 0
-    assert m.wait_s[0] == 0.0 and m.wait_forecast_s[0] == 0.0
+    assert m.wait_s[0] == 0.0
+    assert np.isnan(m.wait_forecast_s[0])  # no forecast before a full rate window has run
+    assert e.tick(300.0).wait_forecast_s[0] == 0.0
     assert np.isnan(m.dwell_p50_s).all()
 
 
@@ -217,14 +221,31 @@ def test_full_table_evicts_the_stalest(make: Any) -> None:
 
 
 def test_forecast_grows_when_arrivals_outpace_service(make: Any) -> None:
-    e = make(min_measured_waits=1, horizon_s=600.0)
+    e = make(min_measured_waits=1, horizon_s=1200.0)
+    e.tick(-300.0)  # a full rate window of history (no forecast before)
     # 20 arrivals and 5 exits (waits 100 s) in the last 5 minutes.
     feed(e, [(float(i), 100 + i, ENTRY) for i in range(20)])
     feed(e, [(100.0 + i, 100 + i, EXIT) for i in range(5)])
     m = e.tick(105.0)
     lam, mu = 20 / 300, 5 / 300
     assert m.queue_length[0] == 15 and m.wait_s[0] == 100.0
-    assert m.wait_forecast_s[0] == pytest.approx(100.0 + (lam - mu) * 600.0 / mu)
+    # 1200 s of service boards mu * 1200 = 20 guests: the 15 queueing and 5 newcomers; the
+    # last of them joins 5 / lam = 75 s from now and boards 1200 s from now.
+    assert m.wait_forecast_s[0] == pytest.approx(1200.0 - (mu * 1200.0 - 15) / lam)
+    assert m.wait_forecast_s[0] > 10 * m.wait_s[0]
+
+
+def test_forecast_reads_the_boarding_guest_off_the_line(make: Any) -> None:
+    e = make(min_measured_waits=1, horizon_s=600.0)
+    e.tick(-300.0)  # a full rate window of history
+    # 100 guests joined at 0..99 s; the first 5 boarded at 200..204 s.
+    feed(e, [(float(i), 100 + i, ENTRY) for i in range(100)])
+    feed(e, [(200.0 + i, 100 + i, EXIT) for i in range(5)])
+    m = e.tick(205.0)
+    assert m.queue_length[0] == 95 and m.wait_s[0] == 200.0
+    # 5 boardings per 300 s: 10 more in 600 s, so the guest who joined at 15 s boards at
+    # 805 s, after a wait of 790 s.
+    assert m.wait_forecast_s[0] == pytest.approx(790.0)
 
 
 def test_topology_validation() -> None:

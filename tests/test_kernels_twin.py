@@ -92,6 +92,7 @@ def scenario(draw: st.DrawFn) -> dict[str, Any]:
         "fifo_slack_s": draw(st.sampled_from([0.0, 2.0, 15.0])),
         "fifo_witnesses": draw(st.integers(1, 3)),
         "min_measured_waits": draw(st.integers(1, 3)),
+        "wait_recent": draw(st.integers(1, 4)),
         "exit_hold_s": draw(st.sampled_from([2.0, 20.0])),
         "min_recaptures": draw(st.integers(1, 3)),
         "read_rate_window_s": draw(st.sampled_from([30.0, 200.0])),

@@ -1,0 +1,63 @@
+"""The line in each queue zone as sorted entry times, for the FIFO frontier and the forecast.
+
+After the tick's departures are swept, ``queue_entries`` writes the first-read times of every
+tag in each queue zone, sorted ascending, into one buffer: zone z's tags are
+``out_first[out_off[z]:out_off[z + 1]]`` (``out_off[z + 1] - out_off[z] == zone_count[z]``;
+area zones get empty segments). One pass over the tag rows plus a sort per queue zone.
+
+``fifo_frontier`` is the earliest entry time among the last K measured exits of a queue (K =
+``fifo_witnesses``; -inf until K exits were measured). In a FIFO line everyone who entered
+before it has boarded: a tag older than the frontier that is still "in the queue" either had
+its exit read missed (the common case, cleared by FIFO clearing once it is ``fifo_slack_s``
+older than the frontier) or was overtaken. window_stats counts only tags at or after the
+frontier as queueing, and reads the forecast off the same sorted line.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._jit import jit
+from .codes import TAG_IN
+from .topology import KIND_AREA
+
+
+@jit
+def queue_entries(
+    zone_kind: np.ndarray,
+    zone_count: np.ndarray,
+    row_state: np.ndarray,
+    row_zone: np.ndarray,
+    row_first: np.ndarray,
+    out_first: np.ndarray,
+    out_off: np.ndarray,
+) -> None:
+    """Fill ``out_first`` (float64[M]) and ``out_off`` (int64[Z + 1]), see the module doc."""
+    nz = zone_kind.size
+    out_off[0] = 0
+    for z in range(nz):
+        n = zone_count[z] if zone_kind[z] != KIND_AREA else 0
+        out_off[z + 1] = out_off[z] + n
+    fill = out_off[:nz].copy()
+    for row in range(row_state.size):
+        if row_state[row] == TAG_IN:
+            z = row_zone[row]
+            if zone_kind[z] != KIND_AREA:
+                out_first[fill[z]] = row_first[row]
+                fill[z] += 1
+    for z in range(nz):
+        lo, hi = out_off[z], out_off[z + 1]
+        if hi - lo > 1:
+            out_first[lo:hi] = np.sort(out_first[lo:hi])
+
+
+@jit
+def fifo_frontier(fifo_entry: np.ndarray, fifo_n: np.ndarray, z: int) -> float:
+    """Earliest entry time of queue z's last K measured exits; -inf before K of them."""
+    width = fifo_entry.shape[1]
+    if fifo_n[z] < width:
+        return -np.inf
+    f = fifo_entry[z, 0]
+    for k in range(1, width):
+        f = min(f, fifo_entry[z, k])
+    return f
