@@ -9,10 +9,8 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.broker import BrokerError, find_mosquitto, start_broker
+from agent.broker import BrokerError, start_broker
 from tests.mqtt_helpers import Collector, wait_for
-
-needs_mosquitto = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed")
 
 
 def publish_once(port: int, topic: str, payload: bytes) -> None:
@@ -43,7 +41,6 @@ def v5_connack(port: int) -> str:
     return result[0]
 
 
-@needs_mosquitto
 def test_mosquitto_round_trip_and_restart_on_the_same_port(tmp_path: Path) -> None:
     with start_broker(prefer="mosquitto", workdir=tmp_path) as broker:
         assert broker.kind == "mosquitto"
@@ -65,7 +62,6 @@ def test_mosquitto_round_trip_and_restart_on_the_same_port(tmp_path: Path) -> No
     assert tmp_path.exists()  # a caller's workdir is left alone
 
 
-@needs_mosquitto
 def test_own_workdir_is_removed_on_close() -> None:
     broker = start_broker(prefer="mosquitto")
     workdir = broker.workdir
@@ -73,7 +69,6 @@ def test_own_workdir_is_removed_on_close() -> None:
     assert not workdir.exists()
 
 
-@needs_mosquitto
 def test_port_in_use_is_a_clear_error() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -83,7 +78,6 @@ def test_port_in_use_is_a_clear_error() -> None:
             start_broker(prefer="mosquitto", port=port)
 
 
-@needs_mosquitto
 def test_auto_prefers_mosquitto() -> None:
     with start_broker() as broker:
         assert broker.kind == "mosquitto"

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from agent.broker import LocalBroker, find_mosquitto, start_broker
+from agent.broker import LocalBroker, start_broker
 from agent.outbox import Outbox
 from agent.publisher import BrokerSettings, Publisher
 from tests.mqtt_helpers import Collector, async_wait_for
@@ -29,7 +29,6 @@ NUDGE = "venue/park/nudge/dino-queue"
 ONLINE = b'{"online":true}'
 OFFLINE = b'{"online":false}'
 
-needs_mosquitto = pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto not installed")
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:
@@ -59,8 +58,6 @@ def seqs(sub: Collector) -> list[int]:
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[LocalBroker]:
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto not installed")
     with start_broker(prefer="mosquitto", workdir=tmp_path / "broker") as broker:
         yield broker
 
@@ -68,8 +65,6 @@ def mosquitto(tmp_path: Path) -> Iterator[LocalBroker]:
 @pytest.fixture
 def persistent_mosquitto(tmp_path: Path) -> Iterator[LocalBroker]:
     """A broker that keeps a consumer's session, so no message is lost while it reconnects."""
-    if find_mosquitto() is None:
-        pytest.skip("mosquitto not installed")
     with start_broker(prefer="mosquitto", workdir=tmp_path / "broker", persistence=True) as b:
         yield b
 
@@ -115,7 +110,6 @@ def test_broker_settings_refuse_bad_options(tmp_path: Path) -> None:
 # -- delivery ------------------------------------------------------------------------------
 
 
-@needs_mosquitto
 def test_delivers_qos1_in_order_and_deletes_only_after_puback(
     mosquitto: LocalBroker, tmp_path: Path
 ) -> None:
@@ -158,7 +152,6 @@ def test_delivers_qos1_in_order_and_deletes_only_after_puback(
         assert late.messages[0].retain and late.messages[0].payload == OFFLINE
 
 
-@needs_mosquitto
 def test_mqtt5_expiry_is_sent_and_expired_rows_are_dropped(
     mosquitto: LocalBroker, tmp_path: Path
 ) -> None:
@@ -188,7 +181,6 @@ def test_mqtt5_expiry_is_sent_and_expired_rows_are_dropped(
         outbox.close()
 
 
-@needs_mosquitto
 def test_volatile_health_is_dropped_offline_and_sent_online(
     mosquitto: LocalBroker, tmp_path: Path
 ) -> None:
@@ -216,7 +208,6 @@ def test_volatile_health_is_dropped_offline_and_sent_online(
 # -- outages -------------------------------------------------------------------------------
 
 
-@needs_mosquitto
 def test_broker_down_at_start_buffers_then_delivers_in_order(
     persistent_mosquitto: LocalBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -254,7 +245,6 @@ def test_broker_down_at_start_buffers_then_delivers_in_order(
         outbox.close()
 
 
-@needs_mosquitto
 def test_broker_killed_mid_stream_loses_nothing(
     persistent_mosquitto: LocalBroker, tmp_path: Path
 ) -> None:
@@ -322,7 +312,6 @@ GATEWAY = textwrap.dedent(
 )
 
 
-@needs_mosquitto
 def test_last_will_is_published_retained_when_the_gateway_is_sigkilled(
     mosquitto: LocalBroker, tmp_path: Path
 ) -> None:
@@ -353,7 +342,6 @@ def test_last_will_is_published_retained_when_the_gateway_is_sigkilled(
         assert late.messages[0].retain and late.messages[0].payload == OFFLINE
 
 
-@needs_mosquitto
 def test_ungraceful_stop_leaves_the_status_to_the_will(
     mosquitto: LocalBroker, tmp_path: Path
 ) -> None:
