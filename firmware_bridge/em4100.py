@@ -15,9 +15,8 @@ Example (RDM6300 datasheet): ``02 "62E3086CED" "08" 03`` is version 0x62, card i
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from firmware_bridge.records import DecoderStats, RawRead
+from firmware_bridge.framing import BufferedDecoder
+from firmware_bridge.records import RawRead
 
 PROTOCOL = "em4100"
 
@@ -65,7 +64,7 @@ def tag_number(tag_id: bytes) -> int:
     return int.from_bytes(tag_id[-4:], "big")
 
 
-class Em4100Decoder:
+class Em4100Decoder(BufferedDecoder):
     """Incremental decoder for both EM4100 ASCII frame variants.
 
     Feed it bytes as they arrive, split anywhere. Every input byte ends up either in a valid
@@ -77,18 +76,6 @@ class Em4100Decoder:
     """
 
     protocol = PROTOCOL
-
-    def __init__(self) -> None:
-        self.stats = DecoderStats()
-        self.on_bad_frame: Callable[[int, str], None] | None = None
-        self._buf = bytearray()
-        self._offset = 0  # stream offset of _buf[0]
-
-    def reset(self) -> None:
-        """Drop a partial frame (call after a reconnect: its tail will never arrive)."""
-        self.stats.skipped_bytes += len(self._buf)
-        self._offset += len(self._buf)
-        self._buf.clear()
 
     def feed(self, data: bytes) -> list[RawRead]:
         """Consume ``data``; return the reads completed by it, in order."""
@@ -119,8 +106,7 @@ class Em4100Decoder:
             reads.append(RawRead(PROTOCOL, tag))
             self.stats.frames += 1
             pos = start + verdict
-        del buf[:pos]
-        self._offset += pos
+        self._consumed(pos)
         return reads
 
     @staticmethod

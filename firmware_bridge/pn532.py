@@ -29,11 +29,10 @@ speaks ISO 14443-4. ``RawRead.tag_id`` is NFCID1, the UID: 4, 7 or 10 bytes.
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from firmware_bridge.records import DecoderStats, RawRead
+from firmware_bridge.framing import MessageDecoder
+from firmware_bridge.records import RawRead
 
 PROTOCOL = "pn532"
 
@@ -211,7 +210,7 @@ def _interpret(tfi: int, pd: bytes, extended: bool) -> Pn532Message | str:
     return Pn532Frame(tfi, pd[0], pd[1:], extended)
 
 
-class Pn532Decoder:
+class Pn532Decoder(MessageDecoder[Pn532Message]):
     """Incremental decoder for PN532 HSU frames in either direction.
 
     :meth:`feed_messages` returns every decoded message; :meth:`feed` returns one read per
@@ -226,31 +225,11 @@ class Pn532Decoder:
 
     protocol = PROTOCOL
 
-    def __init__(self) -> None:
-        self.stats = DecoderStats()
-        self.messages: deque[Pn532Message] = deque(maxlen=64)
-        self.on_message: Callable[[Pn532Message], None] | None = None
-        self.on_bad_frame: Callable[[int, str], None] | None = None
-        self._buf = bytearray()
-        self._offset = 0  # stream offset of _buf[0]
-
-    def reset(self) -> None:
-        """Drop a partial frame (after a reconnect)."""
-        self.stats.skipped_bytes += len(self._buf)
-        self._offset += len(self._buf)
-        self._buf.clear()
-
-    def feed(self, data: bytes) -> list[RawRead]:
-        """Consume ``data``; return a read per listed target, in order."""
-        reads: list[RawRead] = []
-        for msg in self.feed_messages(data):
-            if isinstance(msg, Pn532InList):
-                reads += [RawRead(PROTOCOL, t.uid) for t in msg.targets]
-            else:
-                self.messages.append(msg)
-                if self.on_message is not None:
-                    self.on_message(msg)
-        return reads
+    def _reads_of(self, msg: Pn532Message) -> list[RawRead] | None:
+        """A read per target of an InListPassiveTarget response: the card's UID."""
+        if isinstance(msg, Pn532InList):
+            return [RawRead(PROTOCOL, t.uid) for t in msg.targets]
+        return None
 
     def feed_messages(self, data: bytes) -> list[Pn532Message]:
         """Consume ``data``; return every message completed by it, in order."""
@@ -290,8 +269,7 @@ class Pn532Decoder:
                 self.stats.frames += 1
                 out.append(msg)
             pos = start + length
-        del buf[:pos]
-        self._offset += pos
+        self._consumed(pos)
         return out
 
     def _bad(self, start: int, reason: str, preamble: int) -> None:

@@ -23,11 +23,10 @@ stop multiple inventory ``BB 00 28 00 00 28 7E``.
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from firmware_bridge.records import DecoderStats, RawRead
+from firmware_bridge.framing import MessageDecoder
+from firmware_bridge.records import RawRead
 
 PROTOCOL = "uhf-m100"
 
@@ -183,7 +182,7 @@ def _interpret(frame_type: int, command: int, params: bytes) -> UhfMessage | str
     return UhfFrame(frame_type, command, params)
 
 
-class UhfM100Decoder:
+class UhfM100Decoder(MessageDecoder[UhfMessage]):
     """Incremental decoder for M100 frames in either direction.
 
     :meth:`feed_messages` returns every decoded message; :meth:`feed` returns only the tag
@@ -196,31 +195,11 @@ class UhfM100Decoder:
 
     protocol = PROTOCOL
 
-    def __init__(self) -> None:
-        self.stats = DecoderStats()
-        self.messages: deque[UhfMessage] = deque(maxlen=64)
-        self.on_message: Callable[[UhfMessage], None] | None = None
-        self.on_bad_frame: Callable[[int, str], None] | None = None
-        self._buf = bytearray()
-        self._offset = 0  # stream offset of _buf[0]
-
-    def reset(self) -> None:
-        """Drop a partial frame (after a reconnect)."""
-        self.stats.skipped_bytes += len(self._buf)
-        self._offset += len(self._buf)
-        self._buf.clear()
-
-    def feed(self, data: bytes) -> list[RawRead]:
-        """Consume ``data``; return a read per inventory notification completed by it."""
-        reads: list[RawRead] = []
-        for msg in self.feed_messages(data):
-            if isinstance(msg, UhfInventory):
-                reads.append(RawRead(PROTOCOL, msg.epc, float(msg.rssi_dbm)))
-            else:
-                self.messages.append(msg)
-                if self.on_message is not None:
-                    self.on_message(msg)
-        return reads
+    def _reads_of(self, msg: UhfMessage) -> list[RawRead] | None:
+        """A read per inventory notification: the EPC, with the module's RSSI."""
+        if isinstance(msg, UhfInventory):
+            return [RawRead(PROTOCOL, msg.epc, float(msg.rssi_dbm))]
+        return None
 
     def feed_messages(self, data: bytes) -> list[UhfMessage]:
         """Consume ``data``; return every message completed by it, in order."""
@@ -254,8 +233,7 @@ class UhfM100Decoder:
                 self.stats.frames += 1
                 out.append(msg)
             pos = start + verdict
-        del buf[:pos]
-        self._offset += pos
+        self._consumed(pos)
         return out
 
     def _bad(self, start: int, reason: str) -> None:
