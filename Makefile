@@ -19,10 +19,9 @@ $(VENV)/.demo-installed: pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install -q -e '.[demo]'
 	touch $@
 
-# Debian packages the real-parts tests need (Mosquitto broker and clients).
+# Debian packages the real-parts tests need (Mosquitto; D-Bus and headers for the BLE tests).
 system-deps:
 	@sh .ci/system-deps.sh
-	@sh .ci/ble-deps.sh
 
 deps-test: system-deps $(VENV)/.dev-installed
 deps-demo: $(VENV)/.demo-installed

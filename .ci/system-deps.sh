@@ -1,10 +1,39 @@
 #!/bin/sh
-# Installs the Debian packages that the real-parts tests need, when they are missing.
+# Installs the Debian packages the tests need, when they are missing, with one apt-get run:
+#   mosquitto, mosquitto-clients  the real broker the end-to-end tests start
+#   dbus                          dbus-daemon: the private system bus of the BLE tests
+#   libdbus-1-dev, libglib2.0-dev headers to build dbus-python (python-dbusmock needs it;
+#   pkg-config, build-essential,  PyPI has no wheels, so pip compiles it)
+#   python3-dev
 # As root it uses apt-get; otherwise it names exactly what to install and fails.
+# The pip side (python-dbusmock, dbus-python) comes with the project's dev extra.
 set -e
+PY="${PY:-python3}"
+
+if ! command -v dpkg-query >/dev/null 2>&1; then
+    echo "not a Debian system: install mosquitto and its clients, dbus-daemon, the libdbus-1" >&2
+    echo "and glib-2.0 development headers, pkg-config, a C compiler and the Python headers" >&2
+    exit 1
+fi
+
+installed() {
+    dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null | grep -qx installed
+}
+
 missing=""
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$missing mosquitto"
 command -v mosquitto_sub >/dev/null 2>&1 || missing="$missing mosquitto-clients"
+for pkg in dbus libdbus-1-dev libglib2.0-dev pkg-config; do
+    installed "$pkg" || missing="$missing $pkg"
+done
+command -v cc >/dev/null 2>&1 || missing="$missing build-essential"
+# Python.h of the interpreter that will build dbus-python (a venv shares its base's headers).
+has_headers='import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'
+if ! "$PY" -c "$has_headers" 2>/dev/null; then
+    missing="$missing python3-dev"
+fi
+
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = "0" ]; then
     echo "installing Debian packages:$missing"

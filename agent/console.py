@@ -16,10 +16,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
-from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.publisher import BrokerSettings
 
 CLEAR = "\x1b[H\x1b[2J"
 
@@ -94,22 +95,14 @@ def _hhmmss(at: Any) -> str:
     return at[11:19] if isinstance(at, str) and len(at) >= 19 else "--:--:--"
 
 
-def broker_host_port(url: str) -> tuple[str, int, bool]:
-    u = urlparse(url)
-    if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
-        raise ValueError(f"broker URL {url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
-    tls = u.scheme == "mqtts"
-    return u.hostname, u.port or (8883 if tls else 1883), tls
-
-
 def watch(broker_url: str, venue: str, *, team: str | None = None, duration_s: float | None = None,
           out: TextIO = sys.stdout, table_every_s: float = 5.0, redraw: bool | None = None,
           stop_check: Any = None) -> ConsoleState:
     """Run the console until ``duration_s`` passes (or forever / Ctrl-C); returns its state."""
-    host, port, tls = broker_host_port(broker_url)
+    where = BrokerSettings(broker_url, client_id="venue-agent-watch")  # ValueError if bad
     inbox: queue.Queue[tuple[str, bytes | bytearray]] = queue.Queue()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-    if tls:
+    if where.tls:
         client.tls_set()
     topics = [f"venue/{venue}/zone/+/state", f"venue/{venue}/gateway/+/status",
               f"venue/{venue}/moment/#", f"venue/{venue}/nudge/#",
@@ -122,7 +115,7 @@ def watch(broker_url: str, venue: str, *, team: str | None = None, duration_s: f
     # paho's thread only hands messages over; rendering happens on this thread.
     client.on_connect = on_connect
     client.on_message = lambda _c, _u, m: inbox.put((m.topic, m.payload))
-    client.connect_async(host, port, keepalive=30)
+    client.connect_async(where.host, where.port, keepalive=30)
     client.loop_start()
     state = ConsoleState()
     redraw = out.isatty() if redraw is None else redraw

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TextIO
 
 from agent.config import Config
-from agent.console import broker_host_port
+from agent.publisher import BrokerSettings
 
 
 def _check_dir(path: Path) -> str | None:
@@ -66,8 +66,8 @@ def run_doctor(cfg: Config, out: TextIO) -> int:
             report(ok, f"reader {r.id} ({r.protocol}) {r.port}", detail)
         else:
             report(True, f"reader {r.id} ({r.protocol})", f"{r.port} (not checked)")
-    host, port, _tls = broker_host_port(cfg.broker.url)
-    ok, detail = _tcp(host, port)
+    broker = BrokerSettings(cfg.broker.url, client_id=cfg.client_id)
+    ok, detail = _tcp(broker.host, broker.port)
     report(ok, f"broker {cfg.broker.url}", detail)
     print(f"{problems} problem(s)", file=out)
     return 0 if problems == 0 else 1

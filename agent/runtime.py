@@ -29,6 +29,7 @@ import numpy as np
 from agent import __version__
 from agent.config import Config, ReaderConfig
 from agent.moments import MomentEvent, MomentRules
+from agent.outbox import Outbox, OutboxFullError
 from agent.privacy import Pseudonymizer, load_or_create_key
 from agent.readbuffer import ReadBuffer
 from agent.timefmt import rfc3339
@@ -47,9 +48,6 @@ from firmware_bridge.records import RawRead
 
 log = logging.getLogger("venue_agent.runtime")
 
-WAIT_METHODS = {0: "none", 1: "measured", 2: "littles_law"}
-ROLE_CODES = {"presence": 0, "entry": 1, "exit": 2}
-KIND_CODES = {"queue": 0, "area": 1}
 
 
 def monotonic_epoch_clock() -> Callable[[], float]:
@@ -135,8 +133,6 @@ class Agent:
 
     # ------------------------------------------------------------------ start-up
     def _open_storage(self) -> None:
-        from agent.outbox import Outbox
-
         cfg = self.cfg
         try:
             cfg.db_path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,12 +149,18 @@ class Agent:
         except Exception as e:  # noqa: BLE001
             raise StartupError(str(e)) from None
         prepare_numba_cache(cfg)
-        import kernels
+        import kernels  # only now: numba reads NUMBA_CACHE_DIR when it is first imported
 
+        roles = {"presence": kernels.ROLE_PRESENCE, "entry": kernels.ROLE_ENTRY,
+                 "exit": kernels.ROLE_EXIT}
+        kinds = {"queue": kernels.KIND_QUEUE, "area": kernels.KIND_AREA}
+        # The names zone state publishes for kernels' wait_method codes.
+        self._wait_methods = {kernels.METHOD_NONE: "none", kernels.METHOD_MEASURED: "measured",
+                              kernels.METHOD_LITTLE: "littles_law"}
         topo = kernels.Topology(
             reader_zone=np.array([self.zone_index[r.zone] for r in cfg.readers], np.int32),
-            reader_role=np.array([ROLE_CODES[r.role] for r in cfg.readers], np.int8),
-            zone_kind=np.array([KIND_CODES[z.kind] for z in cfg.zones], np.int8),
+            reader_role=np.array([roles[r.role] for r in cfg.readers], np.int8),
+            zone_kind=np.array([kinds[z.kind] for z in cfg.zones], np.int8),
             zone_timeout_s=np.array([z.timeout_s for z in cfg.zones], np.float64),
         )
         est = cfg.estimation
@@ -307,8 +309,6 @@ class Agent:
         self.tick_ms_max = max(self.tick_ms_max, self.tick_ms_last)
 
     def _enqueue(self, topic: str, payload: dict[str, Any], **kw: Any) -> None:
-        from agent.outbox import OutboxFullError
-
         try:
             self.outbox.enqueue(topic, payload, **kw)
         except OutboxFullError as e:
@@ -320,7 +320,7 @@ class Agent:
             "zone": zone, "kind": kind, "capacity": capacity or None,
             "queue_length": _clean_float(v["queue_length"], 1) if kind == "queue" else None,
             "occupancy": _clean_float(v["occupancy"], 1),
-            "wait_s": _clean_float(v["wait_s"], 1), "wait_method": WAIT_METHODS.get(method),
+            "wait_s": _clean_float(v["wait_s"], 1), "wait_method": self._wait_methods.get(method),
             "wait_forecast_s": _clean_float(v["wait_forecast_s"], 1),
             "dwell_p50_s": _clean_float(v["dwell_p50_s"], 1),
             "dwell_p90_s": _clean_float(v["dwell_p90_s"], 1),

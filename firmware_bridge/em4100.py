@@ -64,6 +64,11 @@ def tag_number(tag_id: bytes) -> int:
     return int.from_bytes(tag_id[-4:], "big")
 
 
+def _read_of_frame(buf: bytearray, start: int, length: int) -> RawRead:
+    """The read in a well-framed EM4100 frame: its 10 hex digits are the 5 data bytes."""
+    return RawRead(PROTOCOL, bytes.fromhex(buf[start + 1 : start + 11].decode("ascii")))
+
+
 class Em4100Decoder(BufferedDecoder):
     """Incremental decoder for both EM4100 ASCII frame variants.
 
@@ -79,35 +84,7 @@ class Em4100Decoder(BufferedDecoder):
 
     def feed(self, data: bytes) -> list[RawRead]:
         """Consume ``data``; return the reads completed by it, in order."""
-        buf = self._buf
-        buf += data
-        reads: list[RawRead] = []
-        pos = 0
-        n = len(buf)
-        while pos < n:
-            start = buf.find(STX, pos)
-            if start < 0:
-                self.stats.skipped_bytes += n - pos
-                pos = n
-                break
-            self.stats.skipped_bytes += start - pos
-            verdict = self._check(buf, start)
-            if verdict is None:  # a valid-so-far prefix: wait for more bytes
-                pos = start
-                break
-            if isinstance(verdict, str):
-                self.stats.bad_frames += 1
-                self.stats.skipped_bytes += 1  # the STX itself
-                if self.on_bad_frame is not None:
-                    self.on_bad_frame(self._offset + start, verdict)
-                pos = start + 1
-                continue
-            tag = bytes.fromhex(buf[start + 1 : start + 11].decode("ascii"))
-            reads.append(RawRead(PROTOCOL, tag))
-            self.stats.frames += 1
-            pos = start + verdict
-        self._consumed(pos)
-        return reads
+        return self._hunt(data, STX, self._check, _read_of_frame)
 
     @staticmethod
     def _check(buf: bytearray, start: int) -> int | str | None:

@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 from firmware_bridge.records import DecoderStats, RawRead
 
 M = TypeVar("M")
+T = TypeVar("T")
 
 
 class BufferedDecoder:
@@ -42,6 +43,59 @@ class BufferedDecoder:
         """Drop the first ``pos`` buffered bytes, which have been dealt with."""
         del self._buf[:pos]
         self._offset += pos
+
+    def _bad(self, start: int, reason: str, preamble: int = 0) -> None:
+        """Count the bad frame whose start marker is at ``buf[start]`` (after ``preamble``
+        bytes that belong to it): the marker and preamble are skipped, and scanning resumes
+        after the marker."""
+        self.stats.bad_frames += 1
+        self.stats.skipped_bytes += 1 + preamble
+        if self.on_bad_frame is not None:
+            self.on_bad_frame(self._offset + start - preamble, reason)
+
+    def _hunt(self, data: bytes, marker: bytes | int,
+              check: Callable[[bytearray, int], int | str | None],
+              frame: Callable[[bytearray, int, int], T | str]) -> list[T]:
+        """Append ``data`` and return the frames it completes, for protocols whose frames
+        begin with ``marker``.
+
+        ``check(buf, start)`` judges the candidate at ``start``: its length when well framed,
+        a reason when it can no longer become valid (scanning resumes at the byte after the
+        marker, so a real frame starting inside a broken one is found), or None while more
+        bytes are needed. ``frame(buf, start, length)`` decodes a well-framed candidate, or
+        returns a reason: then the frame's own checks agree on where it ends, and all of it
+        is skipped. Bytes outside frames count as skipped.
+        """
+        buf = self._buf
+        buf += data
+        out: list[T] = []
+        pos = 0
+        n = len(buf)
+        while pos < n:
+            start = buf.find(marker, pos)
+            if start < 0:
+                self.stats.skipped_bytes += n - pos
+                pos = n
+                break
+            self.stats.skipped_bytes += start - pos
+            verdict = check(buf, start)
+            if verdict is None:  # a valid-so-far prefix: wait for more bytes
+                pos = start
+                break
+            if isinstance(verdict, str):
+                self._bad(start, verdict)
+                pos = start + 1
+                continue
+            item = frame(buf, start, verdict)
+            if isinstance(item, str):
+                self._bad(start, item)
+                self.stats.skipped_bytes += verdict - 1
+            else:
+                self.stats.frames += 1
+                out.append(item)
+            pos = start + verdict
+        self._consumed(pos)
+        return out
 
 
 class MessageDecoder(BufferedDecoder, Generic[M]):

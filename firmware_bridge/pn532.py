@@ -272,12 +272,6 @@ class Pn532Decoder(MessageDecoder[Pn532Message]):
         self._consumed(pos)
         return out
 
-    def _bad(self, start: int, reason: str, preamble: int) -> None:
-        self.stats.bad_frames += 1
-        self.stats.skipped_bytes += 1 + preamble  # the start code's 0x00 (+ preamble)
-        if self.on_bad_frame is not None:
-            self.on_bad_frame(self._offset + start - preamble, reason)
-
     @staticmethod
     def _check(buf: bytearray, start: int) -> tuple[int, Pn532Message | str] | str | None:
         """For the start code at ``start``: (frame length from ``start`` incl. postamble,

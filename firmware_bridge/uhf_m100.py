@@ -182,6 +182,12 @@ def _interpret(frame_type: int, command: int, params: bytes) -> UhfMessage | str
     return UhfFrame(frame_type, command, params)
 
 
+def _message_of_frame(buf: bytearray, start: int, length: int) -> UhfMessage | str:
+    """The message in a well-framed M100 frame, or why its contents make no sense."""
+    params = bytes(buf[start + 5 : start + length - 2])
+    return _interpret(buf[start + 1], buf[start + 2], params)
+
+
 class UhfM100Decoder(MessageDecoder[UhfMessage]):
     """Incremental decoder for M100 frames in either direction.
 
@@ -203,44 +209,7 @@ class UhfM100Decoder(MessageDecoder[UhfMessage]):
 
     def feed_messages(self, data: bytes) -> list[UhfMessage]:
         """Consume ``data``; return every message completed by it, in order."""
-        buf = self._buf
-        buf += data
-        out: list[UhfMessage] = []
-        pos = 0
-        n = len(buf)
-        while pos < n:
-            start = buf.find(HEADER, pos)
-            if start < 0:
-                self.stats.skipped_bytes += n - pos
-                pos = n
-                break
-            self.stats.skipped_bytes += start - pos
-            verdict = self._check(buf, start)
-            if verdict is None:
-                pos = start
-                break
-            if isinstance(verdict, str):
-                self._bad(start, verdict)
-                pos = start + 1
-                continue
-            params = bytes(buf[start + 5 : start + verdict - 2])
-            msg = _interpret(buf[start + 1], buf[start + 2], params)
-            if isinstance(msg, str):
-                # Checksum and 7E agree on where the frame ends, so skip all of it.
-                self._bad(start, msg)
-                self.stats.skipped_bytes += verdict - 1
-            else:
-                self.stats.frames += 1
-                out.append(msg)
-            pos = start + verdict
-        self._consumed(pos)
-        return out
-
-    def _bad(self, start: int, reason: str) -> None:
-        self.stats.bad_frames += 1
-        self.stats.skipped_bytes += 1  # the 0xBB
-        if self.on_bad_frame is not None:
-            self.on_bad_frame(self._offset + start, reason)
+        return self._hunt(data, HEADER, self._check, _message_of_frame)
 
     @staticmethod
     def _check(buf: bytearray, start: int) -> int | str | None:

@@ -19,13 +19,12 @@ UIDs are presented as MIFARE Classic 1K (ATQA 0004, SAK 08), longer ones as NTAG
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from firmware_bridge import pn532
 from firmware_bridge.pn532 import Pn532Decoder, Pn532Frame, Pn532Target
-from simulators.pty_reader import VirtualSerialReader
+from simulators.command_reader import CommandReader
 
 #: UIDs of the cards in the field now.
 FieldCards = Callable[[], Sequence[bytes]]
@@ -44,77 +43,50 @@ def target_for(tg: int, uid: bytes) -> Pn532Target:
     return Pn532Target(tg, 0x0044, 0x00, uid)
 
 
-class VirtualPn532Reader:
+class VirtualPn532Reader(CommandReader):
     """A PN532 behind ``link_path``; ``cards`` gives the UIDs in the field now."""
 
     def __init__(self, link_path: Path, cards: FieldCards, *, poll_s: float = 0.005) -> None:
-        self.port = VirtualSerialReader(
-            link_path,
+        super().__init__(
+            link_path, poll_s=poll_s, name="virtual-pn532",
             encode=lambda uid: pn532.in_list_passive_target_response([target_for(1, uid)]),
         )
         self._cards = cards
-        self._poll_s = poll_s
         self._decoder = Pn532Decoder()
-        self._device: str | None = self.port.device_path
         self._awake = False
         self._passive_retries = _RETRIES_FOREVER
         self._pending_max_tg = 0  # an InListPassiveTarget waiting for a card, if > 0
         #: Host command frames received while awake (for tests and demos).
         self.commands: list[Pn532Frame] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="virtual-pn532", daemon=True)
-        self._thread.start()
-
-    @property
-    def link_path(self) -> Path:
-        return self.port.link_path
+        self._start()
 
     @property
     def awake(self) -> bool:
         return self._awake
 
-    def unplug(self) -> None:
-        self.port.unplug()
+    def _power_on(self) -> None:
+        # Replugged: power-on state again.
+        self._decoder.reset()
+        self._awake = False
+        self._passive_retries = _RETRIES_FOREVER
+        self._pending_max_tg = 0
 
-    def replug(self) -> None:
-        self.port.replug()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2.0)
-        self.port.close()
-
-    def __enter__(self) -> VirtualPn532Reader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._poll_s):
-            if self.port.device_path != self._device:
-                # Replugged: power-on state again.
-                self._device = self.port.device_path
-                self._decoder.reset()
-                self._awake = False
-                self._passive_retries = _RETRIES_FOREVER
-                self._pending_max_tg = 0
-            data = self.port.recv()
-            if not self._awake:
-                if 0x55 not in data:
-                    continue  # asleep: the frames are lost, as on the chip
-                self._awake = True
-                data = data[data.index(0x55) :]
-            before = self._decoder.stats.bad_frames
-            for msg in self._decoder.feed_messages(data):
-                if isinstance(msg, Pn532Frame) and msg.tfi == pn532.TFI_HOST:
-                    self.commands.append(msg)
-                    self.port.send_raw(pn532.ACK_FRAME)
-                    self._answer(msg)
-            if self._decoder.stats.bad_frames > before:
-                self.port.send_raw(pn532.ERROR_FRAME)
-            if self._pending_max_tg:
-                self._list_targets(self._pending_max_tg)
+    def _step(self, data: bytes) -> None:
+        if not self._awake:
+            if 0x55 not in data:
+                return  # asleep: the frames are lost, as on the chip
+            self._awake = True
+            data = data[data.index(0x55) :]
+        before = self._decoder.stats.bad_frames
+        for msg in self._decoder.feed_messages(data):
+            if isinstance(msg, Pn532Frame) and msg.tfi == pn532.TFI_HOST:
+                self.commands.append(msg)
+                self.port.send_raw(pn532.ACK_FRAME)
+                self._answer(msg)
+        if self._decoder.stats.bad_frames > before:
+            self.port.send_raw(pn532.ERROR_FRAME)
+        if self._pending_max_tg:
+            self._list_targets(self._pending_max_tg)
 
     def _answer(self, cmd: Pn532Frame) -> None:
         # Any new command replaces one still waiting for a card.

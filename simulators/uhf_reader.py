@@ -12,14 +12,13 @@ and ``link_path`` (a udev-style symlink) is re-pointed at a new PTY.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from firmware_bridge import uhf_m100
 from firmware_bridge.uhf_m100 import UhfFrame, UhfM100Decoder
-from simulators.pty_reader import VirtualSerialReader
+from simulators.command_reader import CommandReader
 
 #: (EPC bytes, RSSI in dBm) for each tag in the field now.
 FieldTags = Callable[[], Sequence[tuple[bytes, int]]]
@@ -31,7 +30,7 @@ ERROR_INVALID_COMMAND = 0x17
 _STOP_OK = uhf_m100.encode_frame(uhf_m100.TYPE_RESPONSE, uhf_m100.CMD_STOP_MULTI_INVENTORY, b"\0")
 
 
-class VirtualUhfReader:
+class VirtualUhfReader(CommandReader):
     """An M100 module behind ``link_path``.
 
     tags: the tags in the field now, asked at every inventory round.
@@ -47,58 +46,31 @@ class VirtualUhfReader:
         round_s: float = 0.02,
         poll_s: float = 0.005,
     ) -> None:
-        self.port = VirtualSerialReader(
-            link_path, encode=lambda epc: uhf_m100.inventory_notification(epc, -60)
-        )
+        super().__init__(link_path, poll_s=poll_s, name="virtual-uhf",
+                         encode=lambda epc: uhf_m100.inventory_notification(epc, -60))
         self._tags = tags
         self._round_s = round_s
-        self._poll_s = poll_s
         self._decoder = UhfM100Decoder()
         self._rounds_left = 0  # of a running multiple inventory
-        self._device: str | None = self.port.device_path
+        self._next_round = time.monotonic()
         #: Host commands received, as decoded frames (for tests and demos).
         self.commands: list[UhfFrame] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="virtual-uhf", daemon=True)
-        self._thread.start()
+        self._start()
 
-    @property
-    def link_path(self) -> Path:
-        return self.port.link_path
+    def _power_on(self) -> None:
+        # Replugged: a fresh module with no half-received command, not inventorying.
+        self._decoder.reset()
+        self._rounds_left = 0
 
-    def unplug(self) -> None:
-        self.port.unplug()
-
-    def replug(self) -> None:
-        self.port.replug()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2.0)
-        self.port.close()
-
-    def __enter__(self) -> VirtualUhfReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _run(self) -> None:
-        next_round = time.monotonic()
-        while not self._stop.wait(self._poll_s):
-            if self.port.device_path != self._device:
-                # Replugged: a fresh module with no half-received command, not inventorying.
-                self._device = self.port.device_path
-                self._decoder.reset()
-                self._rounds_left = 0
-            for msg in self._decoder.feed_messages(self.port.recv()):
-                if isinstance(msg, UhfFrame) and msg.frame_type == uhf_m100.TYPE_COMMAND:
-                    self.commands.append(msg)
-                    self._answer(msg)
-            if self._rounds_left and time.monotonic() >= next_round:
-                next_round = time.monotonic() + self._round_s
-                self._rounds_left -= 1
-                self._inventory_round(report_empty=False)
+    def _step(self, data: bytes) -> None:
+        for msg in self._decoder.feed_messages(data):
+            if isinstance(msg, UhfFrame) and msg.frame_type == uhf_m100.TYPE_COMMAND:
+                self.commands.append(msg)
+                self._answer(msg)
+        if self._rounds_left and time.monotonic() >= self._next_round:
+            self._next_round = time.monotonic() + self._round_s
+            self._rounds_left -= 1
+            self._inventory_round(report_empty=False)
 
     def _answer(self, cmd: UhfFrame) -> None:
         if cmd.command == uhf_m100.CMD_INVENTORY:

@@ -30,13 +30,20 @@ class Received:
         return json.loads(self.payload)
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
-    """Poll ``predicate`` until true; AssertionError naming ``what`` after ``timeout`` s."""
+def poll_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` until true (True) or until ``timeout`` s have passed (False)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate}")
+            return False
         time.sleep(0.02)
+    return True
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Poll ``predicate`` until true; AssertionError naming ``what`` after ``timeout`` s."""
+    if not poll_until(predicate, timeout):
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate}")
 
 
 async def async_wait_for(

@@ -3,7 +3,6 @@ zone states and a queue_long dispatch within 60 s of the simulated rush, and a c
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -11,15 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.agent_process import agent_env
+
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[1]
 RUSH_STARTS_S = 17.0  # demo_rush: arrivals jump from 0.4/s to 1.5/s here (simulated time)
 REPLAY_DELAY_S = 1.0  # the demo starts the replay this long after the agent
 
 
 def test_demo_shows_zone_states_and_a_queue_long_dispatch(tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = agent_env()
     out = subprocess.run(
         [sys.executable, "-m", "agent.cli", "demo", "--duration", "85", "--broker", "embedded",
          "--workdir", str(tmp_path)], capture_output=True, text=True, env=env, timeout=240)

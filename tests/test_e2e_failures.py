@@ -9,11 +9,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,11 +18,11 @@ import pytest
 import tomli_w
 
 from agent.broker import free_port, start_broker
-from tests.mqtt_helpers import Collector
+from tests.agent_process import start_agent
+from tests.mqtt_helpers import Collector, poll_until
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _write_config(wd: Path, port: int) -> Path:
@@ -44,13 +41,6 @@ def _write_config(wd: Path, port: int) -> Path:
     return path
 
 
-def _start(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    with log.open("a") as f:
-        return subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
-                                stdout=f, stderr=subprocess.STDOUT, env=env)
-
-
 def _outbox_depth(db: Path) -> int:
     """Messages waiting in the agent's outbox, read with plain sqlite3 as an outsider."""
     with sqlite3.connect(db) as con:
@@ -60,28 +50,19 @@ def _outbox_depth(db: Path) -> int:
             return 0
 
 
-def _wait(pred, timeout: float) -> bool:  # type: ignore[no-untyped-def]
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_missing_port_and_broker_down_then_power_cut_loses_nothing(tmp_path: Path) -> None:
     port = free_port()
     cfg = _write_config(tmp_path, port)
     log = tmp_path / "agent.log"
     db = tmp_path / "state" / "agent.db"
 
-    proc = _start(cfg, log)
+    proc = start_agent(cfg, log)
     try:
         # Both problems are named in the log, and the agent keeps running and buffering.
-        assert _wait(lambda: "missing-reader" in log.read_text()
+        assert poll_until(lambda: "missing-reader" in log.read_text()
                      and "no-such-tty" in log.read_text(), 30), log.read_text()
-        assert _wait(lambda: f"127.0.0.1:{port}" in log.read_text(), 30), log.read_text()
-        assert _wait(lambda: db.exists() and _outbox_depth(db) >= 3, 30)
+        assert poll_until(lambda: f"127.0.0.1:{port}" in log.read_text(), 30), log.read_text()
+        assert poll_until(lambda: db.exists() and _outbox_depth(db) >= 3, 30)
         time.sleep(1.5)
         assert proc.poll() is None, log.read_text()
         text = log.read_text()
@@ -97,12 +78,12 @@ def test_missing_port_and_broker_down_then_power_cut_loses_nothing(tmp_path: Pat
 
     with start_broker(prefer="mosquitto", port=port, workdir=tmp_path / "broker") as broker:
         collector = Collector(broker.url, "venue/#")
-        proc = _start(cfg, log)
+        proc = start_agent(cfg, log)
         try:
             down = "venue/fail-park/moment/q/reader_down"
             # The reader_down opened before the power cut arrives, then the new one.
-            assert _wait(lambda: len(collector.on(down)) >= 2, 40), log.read_text()[-2000:]
-            assert _wait(lambda: _outbox_depth(db) <= 1, 20)
+            assert poll_until(lambda: len(collector.on(down)) >= 2, 40), log.read_text()[-2000:]
+            assert poll_until(lambda: _outbox_depth(db) <= 1, 20)
         finally:
             proc.send_signal(signal.SIGTERM)
             rc = proc.wait(30)

@@ -10,22 +10,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.demo import DEMO_ESTIMATION, sim_config
+from tests.agent_process import start_agent
 from tests.mqtt_helpers import Collector
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[1]
 SEED = 11
 # How far the agent's published estimates may be from the simulator's truth. The reads
 # are real-time, noisy (5 % misses, duplicates, jitter) and the demo windows short, so the
@@ -37,12 +33,6 @@ WAIT_MAE_PCT = 15.0
 def _nan_none(x: Any) -> float | None:
     v = float(x)
     return None if math.isnan(v) else v
-
-
-def _agent_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +50,7 @@ def gateway_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         cfg.write_text(sim_config(scenario.layout, venue.reader_paths, broker_url=broker.url,
                                   db_path=wd / "agent.db"))
         collector = Collector(broker.url, "venue/#")
-        log = (wd / "agent.log").open("w")
-        proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
-                                stdout=log, stderr=subprocess.STDOUT, env=_agent_env())
+        proc = start_agent(cfg, wd / "agent.log")
         try:
             # The agent opens the ports within a second or two of start (numba cache warm or
             # not, it compiles before it opens them); the replay waits for it.
@@ -93,7 +81,6 @@ def gateway_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             if proc.poll() is None:
                 proc.kill()
             venue.stop()
-            log.close()
         time.sleep(0.5)
         with Collector(broker.url, "venue/#") as late:  # a consumer that connects afterwards
             late.wait_for(lambda ms: len([m for m in ms if m.retain]) >= 4, 10)

@@ -10,10 +10,8 @@ Then the UHF reader is unplugged and plugged back: the agent logs it, publishes
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,11 +20,11 @@ from typing import Any
 import pytest
 import tomli_w
 
-from tests.mqtt_helpers import Collector
+from tests.agent_process import start_agent
+from tests.mqtt_helpers import Collector, poll_until
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[1]
 UHF_EPCS = [bytes.fromhex(f"30751FEB705C5904E3D50D{i:02X}") for i in range(5)]
 PN532_UIDS = [bytes.fromhex("CB98A605"), bytes.fromhex("04A1B2C3D4E5F6")]
 BEACONS = {f"C0:FF:EE:00:00:0{i}": bytes.fromhex(
@@ -64,15 +62,6 @@ def _latest(collector: Collector, topic: str) -> dict[str, Any] | None:
     return json.loads(msgs[-1].payload) if msgs else None
 
 
-def _wait(pred: Any, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_uhf_pn532_and_ble_feed_the_agent_and_a_reader_can_be_replugged(
         tmp_path: Path) -> None:
     from agent.broker import start_broker
@@ -98,13 +87,10 @@ def test_uhf_pn532_and_ble_feed_the_agent_and_a_reader_can_be_replugged(
                 stop_adverts.wait(0.3)
 
         cfg = _config(tmp_path, broker.url, uhf.link_path, tmp_path / "dev" / "nfc-1")
-        env = dict(os.environ, PYTHONPATH=str(ROOT), DBUS_SYSTEM_BUS_ADDRESS=bluez.bus_address)
         collector = Collector(broker.url, "venue/#")
         log_path = tmp_path / "agent.log"
-        with log_path.open("w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "agent.cli", "run", "--config", str(cfg),
-                 "--log-level", "info"], stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = start_agent(cfg, log_path, "--log-level", "info",
+                           DBUS_SYSTEM_BUS_ADDRESS=bluez.bus_address)
         ticker = threading.Thread(target=adverts, daemon=True)
         ticker.start()
         try:
@@ -114,19 +100,19 @@ def test_uhf_pn532_and_ble_feed_the_agent_and_a_reader_can_be_replugged(
                 st = _latest(collector, f"{prefix}/{zone}/state")
                 return None if st is None else st["occupancy"]
 
-            ok = _wait(lambda: occupancy("uhf-gate") == 5 and occupancy("nfc-kiosk") == 2
+            ok = poll_until(lambda: occupancy("uhf-gate") == 5 and occupancy("nfc-kiosk") == 2
                        and occupancy("ble-lounge") == 3, 60)
             assert ok, (occupancy("uhf-gate"), occupancy("nfc-kiosk"), occupancy("ble-lounge"),
                         log_path.read_text()[-3000:])
 
             # Tags leave the UHF field: occupancy falls after the absence timeout.
             del uhf_field[3:]
-            assert _wait(lambda: occupancy("uhf-gate") == 3, 15), occupancy("uhf-gate")
+            assert poll_until(lambda: occupancy("uhf-gate") == 3, 15), occupancy("uhf-gate")
 
             # Unplug the UHF reader: logged, reader_down opened, and no restart needed.
             uhf.unplug()
             down_topic = "venue/test-park/moment/uhf-gate/reader_down"
-            assert _wait(lambda: any(json.loads(m.payload)["status"] == "opened"
+            assert poll_until(lambda: any(json.loads(m.payload)["status"] == "opened"
                                      for m in collector.on(down_topic)), 15)
             opened = json.loads(collector.on(down_topic)[0].payload)
             assert opened["reader"] == "uhf-1" and opened["error"]
@@ -136,7 +122,7 @@ def test_uhf_pn532_and_ble_feed_the_agent_and_a_reader_can_be_replugged(
 
             t_replug = time.monotonic()
             uhf.replug()
-            assert _wait(lambda: any(json.loads(m.payload)["status"] == "resolved"
+            assert poll_until(lambda: any(json.loads(m.payload)["status"] == "resolved"
                                      for m in collector.on(down_topic)), 10)
             reconnect_s = time.monotonic() - t_replug
             assert reconnect_s <= 5.0, reconnect_s
@@ -148,7 +134,7 @@ def test_uhf_pn532_and_ble_feed_the_agent_and_a_reader_can_be_replugged(
                 return -1 if h is None else int(h["readers"]["uhf-1"]["reads"])
 
             before = uhf_reads()
-            assert _wait(lambda: uhf_reads() > before + 5, 10)
+            assert poll_until(lambda: uhf_reads() > before + 5, 10)
             assert proc.poll() is None, "the agent restarted or died"
             assert occupancy("uhf-gate") == 3
         finally:
