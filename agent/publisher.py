@@ -28,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -36,13 +35,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from agent.brokerurl import parse_broker_url
 from agent.outbox import Outbox
 
 __all__ = ["BrokerSettings", "Protocol", "Publisher", "PublisherStats"]
 
 Protocol = Literal["auto", "5", "3.1.1"]
 
-_DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 # MQTT 5 CONNACK reason "Unsupported Protocol Version"; MQTT 3.1.1 return code 1 means the
 # same, and some 3.1.1-only brokers (amqtt) answer a v5 CONNECT with it.
 _V5_UNSUPPORTED = 0x84
@@ -65,25 +64,7 @@ class BrokerSettings:
     tls: bool = field(init=False)
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.url)
-        scheme = parts.scheme.lower()
-        if scheme not in _DEFAULT_PORTS:
-            raise ValueError(
-                f"broker url {self.url!r}: scheme must be mqtt:// or mqtts://, not {scheme!r}"
-            )
-        if parts.username or parts.password:
-            # The URL is logged on every outage; credentials go in username/password.
-            raise ValueError(
-                f"broker url {self.url!r}: put credentials in username/password, not the url"
-            )
-        if not parts.hostname:
-            raise ValueError(f"broker url {self.url!r}: no host (expected {scheme}://host:port)")
-        if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise ValueError(f"broker url {self.url!r}: unexpected path or query after host:port")
-        try:
-            port = parts.port or _DEFAULT_PORTS[scheme]
-        except ValueError as exc:
-            raise ValueError(f"broker url {self.url!r}: bad port ({exc})") from exc
+        address = parse_broker_url(self.url)  # ValueError naming what is wrong
         if not self.client_id:
             raise ValueError("broker client_id must not be empty")
         if not 0 < self.keepalive_s <= 65535:
@@ -93,15 +74,15 @@ class BrokerSettings:
                 f"broker protocol must be 'auto', '5' or '3.1.1', not {self.protocol!r}"
             )
         if self.ca_file is not None:
-            if scheme != "mqtts":
+            if not address.tls:
                 raise ValueError(f"broker ca_file is set but url {self.url!r} is not mqtts://")
             if not Path(self.ca_file).is_file():
                 raise ValueError(f"broker ca_file {self.ca_file!r} does not exist")
         if self.password is not None and self.username is None:
             raise ValueError("broker password is set without a username")
-        object.__setattr__(self, "host", parts.hostname)
-        object.__setattr__(self, "port", port)
-        object.__setattr__(self, "tls", scheme == "mqtts")
+        object.__setattr__(self, "host", address.host)
+        object.__setattr__(self, "port", address.port)
+        object.__setattr__(self, "tls", address.tls)
 
 
 @dataclass(frozen=True, slots=True)
