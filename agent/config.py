@@ -6,30 +6,59 @@ installer can fix a config without reading code. ``venue-agent check-config F`` 
 effective config (defaults filled in) with :func:`to_toml`.
 
 Units: every ``*_s`` key is seconds, ``*_pct`` is a fraction of capacity in percent,
-``*_dbm`` is dBm.
+``*_dbm`` is dBm, ``*_mb`` is MiB.
+
+What the runtime would refuse at start is refused here, by the runtime's own checks where
+they exist (the broker URL parser of :mod:`agent.brokerurl`, the publisher's
+``BrokerSettings``, the BLE decoder's ``WristbandFormat``), so ``check-config`` and ``run``
+cannot disagree; ``tests/test_config_property.py`` checks that they don't.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import reprlib
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
-PROTOCOLS = ("em4100", "uhf-m100", "pn532", "ble")
+from agent.brokerurl import parse_broker_url
+from firmware_bridge.ble_adverts import IDENTITY_RULES, WristbandFormat
+from firmware_bridge.protocols import PROTOCOL_NAMES
+
+PROTOCOLS = PROTOCOL_NAMES
 ROLES = ("entry", "exit", "presence")
 ZONE_KINDS = ("queue", "area")
-BLE_IDENTITIES = ("ibeacon", "ibeacon-uuid-major", "eddystone-uid", "altbeacon", "wristband",
-                  "address")
+BLE_IDENTITIES = IDENTITY_RULES
 MQTT_PROTOCOLS = ("auto", "5", "3.1.1")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_BROKER_URL = "mqtt://127.0.0.1:1883"
 
-# Ids end up in MQTT topic levels: no wildcards, no separators, nothing a shell trips on.
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_BROKER_RE = re.compile(r"^(mqtt|mqtts)://[^/\s:]+(:\d{1,5})?/?$")
+# Ids end up in MQTT topic levels (DESIGN.md: every topic level from config is an id), so no
+# config value can make a wildcard, a separator or a case-only duplicate.
+ID_RE = re.compile(r"^[a-z0-9-]{1,64}$")
+ID_EXPECTED = "an id of 1..64 characters [a-z0-9-] (it becomes an MQTT topic level)"
+
+# Numbers: integers must fit the kernels' int32 columns, times must stay far from float
+# overflow in deadline arithmetic; keys that allow less say so in their field metadata.
+INT_MAX = 2**31 - 1
+FLOAT_MAX = 1e9
+MAX_TAGS_LIMIT = 1 << 22  # ~4 M live tags: the kernels' tables stay within a Pi's memory
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = 80
+_repr.maxlevel = 2
+_repr.maxlist = _repr.maxdict = 4
+
+
+def _limits(default: Any, *, lo: float | None = None, hi: float | None = None,
+            gt: float | None = None) -> Any:
+    """A dataclass field with bounds beyond the generic ones (>= 0, finite, INT_MAX)."""
+    return field(default=default, metadata={"lo": lo, "hi": hi, "gt": gt})
 
 
 class ConfigError(ValueError):
@@ -40,8 +69,14 @@ class ConfigError(ValueError):
         where = f"{file}: {key}" if key else file
         msg = f"{where}: expected {expected}"
         if got is not None:
-            msg += f", got {got!r}"
+            # Shortened: a value may be a megabyte of text or an array nested 300 deep.
+            msg += f", got {got if isinstance(got, _Said) else _repr.repr(got)}"
         super().__init__(msg)
+
+
+class _Said(str):
+    """A ``got`` that is already a description (``unknown key 'x'``), not a value."""
+
 
 
 @dataclass(frozen=True)
@@ -53,14 +88,17 @@ class VenueConfig:
 @dataclass(frozen=True)
 class GatewayConfig:
     id: str
-    tick_s: float = 1.0
+    tick_s: float = _limits(1.0, gt=0)
     health_interval_s: float = 10.0
     log_level: str = "info"
 
 
 @dataclass(frozen=True)
 class BrokerConfig:
-    url: str = "mqtt://127.0.0.1:1883"
+    """``url`` is the first broker; ``urls`` all of them, in failover order (in TOML,
+    ``url`` is one string or a list). Built in code, pass either ``url`` or ``urls``."""
+
+    url: str = DEFAULT_BROKER_URL
     client_id: str = ""  # empty: "venue-agent-<venue>-<gateway>"
     username: str = ""
     password_file: str = ""  # a file holding the password, so the config can be world-readable
@@ -68,6 +106,17 @@ class BrokerConfig:
     protocol: str = "auto"  # "auto" tries MQTT 5 and falls back to 3.1.1
     keepalive_s: int = 30
     nudge_expiry_s: int = 300  # MQTT 5 message expiry of guest nudges
+    urls: tuple[str, ...] = ()  # empty: (url,)
+    replay_per_s: float = _limits(50.0, gt=0)  # backlog messages sent per second after an outage
+
+    def __post_init__(self) -> None:
+        if not self.urls:
+            object.__setattr__(self, "urls", (self.url,))
+        elif self.url != self.urls[0]:
+            if self.url != DEFAULT_BROKER_URL:
+                raise ValueError(f"BrokerConfig: url {self.url!r} must be urls[0] "
+                                 f"({self.urls[0]!r}); pass one of url or urls")
+            object.__setattr__(self, "url", self.urls[0])
 
 
 @dataclass(frozen=True)
@@ -75,6 +124,8 @@ class StorageConfig:
     path: str = "/var/lib/venue-agent/agent.db"
     key_path: str = ""  # pseudonym key; empty: "pseudonym.key" beside the database
     numba_cache_dir: str = ""  # empty: "numba-cache" beside the database
+    max_mb: int = _limits(2048, gt=0)  # the database's size cap; sized for a 16 GB SD card
+    checkpoint_interval_s: float = 10.0  # WAL checkpoint every this often; 0: no checkpoints
 
 
 @dataclass(frozen=True)
@@ -100,6 +151,8 @@ class ReaderConfig:
     adapter: str = ""  # BLE: "hci0"; empty: the system default
     identity: str = "ibeacon"  # BLE: which identifier a wristband is tracked by
     wristbands: tuple[WristbandConfig, ...] = ()
+    rssi_floor_dbm: float = _limits(-127.0, lo=-127.0, hi=20.0)  # weaker reads are ignored
+    min_reads: int = _limits(1, gt=0)  # reads of a tag before it counts in the zone
 
 
 @dataclass(frozen=True)
@@ -113,8 +166,10 @@ class ZoneConfig:
     queue_long_wait_s: float = 1800.0  # queue_long opens at this wait...
     queue_long_clear_s: float = 0.0  # ...and resolves below this (0: 80 % of the open level)
     wait_short_s: float = 600.0  # wait_short nudge below this wait (0: no nudges)
-    crowded_pct: float = 90.0  # zone_crowded at this share of capacity
+    crowded_pct: float = _limits(90.0, hi=1000.0)  # zone_crowded at this share of capacity
     dwell_long_s: float = 3600.0  # dwell_long when the p90 dwell exceeds this (area zones)
+    # A tag leaves after missing this many of its own expected reads (at most timeout_s).
+    departure_missed_reads: float = _limits(4.0, lo=1.0)
 
     @property
     def display_name(self) -> str:
@@ -137,7 +192,7 @@ class MomentsConfig:
     cooldown_s: float = 300.0  # after a resolve, the same moment stays quiet this long
     update_interval_s: float = 60.0  # an open moment is re-published at most this often...
     update_change_pct: float = 10.0  # ...when its value moved by this much
-    forecast_horizon_s: float = 900.0  # queue_rising looks this far ahead
+    forecast_horizon_s: float = _limits(900.0, gt=0)  # queue_rising looks this far ahead
     reader_down_after_s: float = 30.0  # a reader offline this long opens reader_down
     reader_team: str = "technical"  # dispatch topic level for reader_down alerts
 
@@ -147,12 +202,13 @@ class EstimationConfig:
     """Tuning of the kernels (see kernels/README.md). The defaults suit rides with waits of
     minutes to an hour; the demo venue, whose waits are seconds, shrinks the windows."""
 
-    max_tags: int = 131072  # tags tracked at once; the stalest are evicted beyond this
-    window_s: float = 900.0  # measured waits and dwells are taken over this window
-    rate_window_s: float = 300.0  # arrivals and throughput per minute over this window
+    # tags tracked at once; the stalest are evicted beyond this
+    max_tags: int = _limits(131072, gt=0, hi=MAX_TAGS_LIMIT)
+    window_s: float = _limits(900.0, gt=0)  # measured waits and dwells are taken over this window
+    rate_window_s: float = _limits(300.0, gt=0)  # arrivals and throughput per minute over this
     fifo_slack_s: float = 120.0  # overtaking allowed before FIFO clearing of missed exits
-    min_measured_waits: int = 5  # below this many measured waits, Little's law is used
-    wait_recent: int = 20  # wait_s is the median of the latest this-many measured waits
+    min_measured_waits: int = _limits(5, gt=0)  # below this many measured waits, Little's law
+    wait_recent: int = _limits(20, gt=0)  # wait_s: median of the latest this-many measured waits
 
 
 @dataclass(frozen=True)
@@ -196,10 +252,21 @@ class Config:
 
 T = TypeVar("T")
 
+# Fields whose TOML value is not a plain scalar of the field's type: read by their loaders.
+_SPECIAL = {(WristbandConfig, "company_id"), (BrokerConfig, "urls"), (BrokerConfig, "url"),
+            (ReaderConfig, "wristbands")}
+
+
+def _field_kind(cls: type, f: Any) -> str:
+    """'bool', 'int', 'float' or 'str', from the annotation (``from __future__`` strings)."""
+    t = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    return t if t in ("bool", "int", "float", "str") else "str"
+
 
 class _Section:
-    """Reads one TOML table into a dataclass, checking every key's type and rejecting
-    unknown keys (a typo such as ``capcity`` must not silently fall back to a default)."""
+    """Reads one TOML table into a dataclass, checking every key's type and bounds and
+    rejecting unknown keys (a typo such as ``capcity`` must not silently fall back to a
+    default)."""
 
     def __init__(self, file: str, prefix: str, table: object) -> None:
         if not isinstance(table, Mapping):
@@ -209,50 +276,57 @@ class _Section:
     def key(self, name: str) -> str:
         return f"{self.prefix}.{name}" if self.prefix else name
 
-    def build(self, cls: type[T], *, skip: tuple[str, ...] = (), **overrides: Any) -> T:
+    def build(self, cls: type[T], **overrides: Any) -> T:
         known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
         for k in self.table:
-            if k not in known and k not in skip:
+            if k not in known or (k == "urls" and cls is BrokerConfig):
+                names = sorted(n for n in known if not (cls is BrokerConfig and n == "urls"))
                 raise ConfigError(self.file, self.key(k),
-                                  f"one of the known keys ({', '.join(sorted(known))})",
-                                  f"unknown key {k!r}")
+                                  f"one of the known keys ({', '.join(names)})",
+                                  _Said(f"unknown key {k!r}"))
         kwargs: dict[str, Any] = {}
         for name, f in known.items():
             if name in overrides:
                 kwargs[name] = overrides[name]
-                continue
-            if name not in self.table:
-                continue  # the dataclass default applies; required ones are checked by callers
-            kwargs[name] = self._coerce(name, self.table[name], f.default)
-        try:
-            return cls(**kwargs)
-        except TypeError as e:  # a required key is missing
-            missing = [n for n, f in known.items() if n not in kwargs and
-                       f.default is f.default_factory]  # type: ignore[misc]
-            raise ConfigError(self.file, self.key(missing[0] if missing else ""),
-                              "this key to be set") from e
+            elif name in self.table and (cls, name) not in _SPECIAL:
+                kwargs[name] = self._coerce(name, self.table[name], _field_kind(cls, f),
+                                            f.metadata)
+        for name, f in known.items():
+            if name not in kwargs and f.default is MISSING and f.default_factory is MISSING:
+                raise ConfigError(self.file, self.key(name), "this key to be set")
+        return cls(**kwargs)
 
-    def _coerce(self, name: str, value: object, default: object) -> object:
+    def _coerce(self, name: str, value: object, kind: str, limits: Mapping[str, Any]) -> object:
         key = self.key(name)
-        if isinstance(default, bool):
+        if kind == "bool":
             if not isinstance(value, bool):
                 raise ConfigError(self.file, key, "true or false", value)
             return value
-        if isinstance(default, int) and not isinstance(default, bool):
+        if kind == "str":
+            if not isinstance(value, str):
+                raise ConfigError(self.file, key, "a string", value)
+            if any(not c.isprintable() for c in value):
+                raise ConfigError(self.file, key, "a string without control characters", value)
+            return value
+        if kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError(self.file, key, "an integer", value)
-            if value < 0:
-                raise ConfigError(self.file, key, "an integer >= 0", value)
-            return value
-        if isinstance(default, float):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(self.file, key, "a number", value)
-            if not math.isfinite(value) or value < 0:
-                raise ConfigError(self.file, key, "a finite number >= 0", value)
-            return float(value)
-        if isinstance(value, str):
-            return value
-        raise ConfigError(self.file, key, "a string", value)
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(self.file, key, "a number", value)
+        else:
+            if not math.isfinite(value):
+                raise ConfigError(self.file, key, "a finite number", value)
+            value = float(value)
+        lo, hi, gt = limits.get("lo"), limits.get("hi"), limits.get("gt")
+        if lo is None and gt is None:
+            lo = 0
+        if hi is None:
+            hi = INT_MAX if kind == "int" else FLOAT_MAX
+        if (lo is not None and value < lo) or (gt is not None and value <= gt) or value > hi:
+            low = f"> {gt:g}" if gt is not None else f">= {lo:g}"
+            raise ConfigError(self.file, key, f"{'an integer' if kind == 'int' else 'a number'} "
+                              f"{low} and <= {hi:g}", value)
+        return value
 
 
 def _check_choice(file: str, key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -260,10 +334,14 @@ def _check_choice(file: str, key: str, value: str, choices: tuple[str, ...]) -> 
         raise ConfigError(file, key, "one of " + ", ".join(repr(c) for c in choices), value)
 
 
+def is_id(value: object) -> bool:
+    """True for a valid id (venue, gateway, zone, reader, team): ``[a-z0-9-]``, 1..64."""
+    return isinstance(value, str) and ID_RE.match(value) is not None
+
+
 def _check_id(file: str, key: str, value: str) -> None:
-    if not _ID_RE.match(value):
-        raise ConfigError(file, key, "an id of letters, digits, '_', '.', '-' "
-                          "(no spaces, '/', '+' or '#': it becomes an MQTT topic level)", value)
+    if not is_id(value):
+        raise ConfigError(file, key, ID_EXPECTED, value)
 
 
 def _required(sec: _Section, name: str) -> None:
@@ -278,25 +356,76 @@ def _table_list(file: str, data: Mapping[str, Any], name: str) -> list[Any]:
     return value
 
 
+def _runtime_check(file: str, prefix: str, keys: tuple[str, ...], what: str,
+                   build: Callable[[], object]) -> None:
+    """Run one of the runtime's own constructors (its rules' one home) and turn its
+    ``ValueError`` into a :class:`ConfigError` on the first key its message names."""
+    try:
+        build()
+    except ValueError as e:
+        msg = str(e)
+        key = next((k for k in keys if re.search(rf"\b{re.escape(k)}\b", msg)), "")
+        raise ConfigError(file, f"{prefix}.{key}" if key else prefix,
+                          f"what {what} accepts ({msg})") from None
+
+
+def parse_company_id(value: object) -> int:
+    """A Bluetooth SIG company id: a TOML integer (``0x0a12``) or a string of decimal digits
+    (``"2578"``) or hex (``"0x0a12"``). Raises ``ValueError`` for anything else; the range is
+    checked by ``WristbandFormat``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if re.fullmatch(r"[0-9]{1,6}", value):
+            return int(value, 10)
+        if re.fullmatch(r"0[xX][0-9a-fA-F]{1,6}", value):
+            return int(value, 16)
+    raise ValueError("not an integer")
+
+
+def _load_wristband(file: str, prefix: str, table: object) -> WristbandConfig:
+    wsec = _Section(file, prefix, table)
+    for name in ("name", "company_id"):
+        _required(wsec, name)
+    raw = wsec.table["company_id"]
+    try:
+        company_id = parse_company_id(raw)
+    except ValueError:
+        raise ConfigError(file, wsec.key("company_id"), "a 16-bit Bluetooth company id: an "
+                          "integer such as 0x0a12, or a string \"2578\" or \"0x0a12\"",
+                          raw) from None
+    band = wsec.build(WristbandConfig, company_id=company_id)
+    _runtime_check(file, prefix, ("company_id", "id_offset", "id_length"), "the BLE decoder",
+                   lambda: WristbandFormat(company_id=band.company_id, id_offset=band.id_offset,
+                                           id_length=band.id_length, name=band.name))
+    return band
+
+
+def tcp_reader_address(port: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a ``socket://`` or ``rfc2217://`` reader URL, ``None`` for other
+    ports; ``ValueError`` when such a URL has no host or no port in 1..65535."""
+    if not port.startswith(("socket://", "rfc2217://")):
+        return None
+    parts = urlsplit(port)
+    netloc = parts.netloc
+    host, _, port_text = netloc.rpartition(":") if not netloc.endswith("]") else (netloc, "", "")
+    host = host.strip("[]")
+    if not host or "@" in host or not re.fullmatch(r"[0-9]{1,5}", port_text) or not (
+            0 < int(port_text) <= 65535):
+        raise ValueError("no host:port")
+    return host, int(port_text)
+
+
 def _load_reader(file: str, i: int, table: object) -> ReaderConfig:
     sec = _Section(file, f"readers[{i}]", table)
     for name in ("id", "protocol", "zone"):
         _required(sec, name)
-    bands = []
     raw_bands = sec.table.get("wristbands", [])
     if not isinstance(raw_bands, list):
         raise ConfigError(file, sec.key("wristbands"), "an array of tables", raw_bands)
-    for j, wb in enumerate(raw_bands):
-        wsec = _Section(file, f"{sec.key('wristbands')}[{j}]", wb)
-        for name in ("name", "company_id"):
-            _required(wsec, name)
-        band = wsec.build(WristbandConfig)
-        if band.company_id > 0xFFFF:
-            raise ConfigError(file, wsec.key("company_id"), "a 16-bit company id", band.company_id)
-        if band.id_length == 0:
-            raise ConfigError(file, wsec.key("id_length"), "an integer >= 1", band.id_length)
-        bands.append(band)
-    reader = sec.build(ReaderConfig, skip=("wristbands",), wristbands=tuple(bands))
+    bands = tuple(_load_wristband(file, f"{sec.key('wristbands')}[{j}]", wb)
+                  for j, wb in enumerate(raw_bands))
+    reader = sec.build(ReaderConfig, wristbands=bands)
     _check_id(file, sec.key("id"), reader.id)
     _check_choice(file, sec.key("protocol"), reader.protocol, PROTOCOLS)
     _check_choice(file, sec.key("role"), reader.role, ROLES)
@@ -305,6 +434,12 @@ def _load_reader(file: str, i: int, table: object) -> ReaderConfig:
         raise ConfigError(file, sec.key("port"),
                           "a serial port or pyserial URL (/dev/ttyUSB0, socket://host:port, "
                           f"rfc2217://host:port) for a {reader.protocol} reader")
+    if reader.protocol != "ble":
+        try:
+            tcp_reader_address(reader.port)
+        except ValueError:
+            raise ConfigError(file, sec.key("port"), "socket://host:port or rfc2217://host:port "
+                              "with a port 1..65535", reader.port) from None
     if reader.poll_interval_s <= 0:
         raise ConfigError(file, sec.key("poll_interval_s"), "a number > 0", reader.poll_interval_s)
     return reader
@@ -322,24 +457,65 @@ def _load_zone(file: str, i: int, table: object) -> ZoneConfig:
         raise ConfigError(file, sec.key("queue_long_clear_s"),
                           f"a wait below queue_long_wait_s ({zone.queue_long_wait_s:g}) so the "
                           "moment has hysteresis", zone.queue_long_clear_s)
-    if zone.crowded_pct > 1000:
-        raise ConfigError(file, sec.key("crowded_pct"), "a percentage", zone.crowded_pct)
     return zone
 
 
+def _load_broker(file: str, table: object, client_id: str) -> BrokerConfig:
+    sec = _Section(file, "broker", table)
+    raw = sec.table.get("url", DEFAULT_BROKER_URL)
+    expected = "mqtt://host[:port] or mqtts://host[:port]"
+    if isinstance(raw, list):
+        if not raw:
+            raise ConfigError(file, "broker.url", f"{expected}, or a non-empty list of them", raw)
+        keys = [f"broker.url[{j}]" for j in range(len(raw))]
+    else:
+        raw, keys = [raw], ["broker.url"]
+    for key, url in zip(keys, raw, strict=True):
+        if not isinstance(url, str):
+            raise ConfigError(file, key, f"{expected} (a string, or a list of strings)", url)
+        try:
+            parse_broker_url(url)
+        except ValueError as e:
+            raise ConfigError(file, key, f"{expected} ({e})", url) from None
+    _check_unique(file, "broker.url", raw)
+    broker = sec.build(BrokerConfig, url=raw[0], urls=tuple(raw))
+    _check_choice(file, "broker.protocol", broker.protocol, MQTT_PROTOCOLS)
+    if broker.password_file and not Path(broker.password_file).is_file():
+        # `run` refuses a password file it cannot read; whether this user may read it is
+        # doctor's question (check-config may run as another user than the agent).
+        raise ConfigError(file, "broker.password_file", "an existing file holding the broker "
+                          "password", broker.password_file)
+    from agent.publisher import BrokerSettings  # paho: imported only once the URL is sound
+
+    for url in broker.urls:
+        # The runtime reads the password from password_file; its content is not checked here.
+        _runtime_check(file, "broker", ("ca_file", "url", "client_id", "keepalive_s",
+                                        "protocol", "username"), "the MQTT publisher",
+                       lambda url=url: BrokerSettings(  # type: ignore[misc]
+                           url=url, client_id=broker.client_id or client_id,
+                           keepalive_s=broker.keepalive_s, username=broker.username or None,
+                           password="-" if broker.password_file else None,
+                           ca_file=broker.ca_file or None,
+                           protocol=broker.protocol))  # type: ignore[arg-type]  # checked
+    return broker
+
+
 def parse_config(text: str, file: str = "<memory>") -> Config:
-    """Parse and validate a config. Raises :class:`ConfigError` for anything that can't run."""
+    """Parse and validate a config. Raises :class:`ConfigError` for anything that can't run,
+    and for nothing else: no text makes it raise another exception."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(file, "", f"valid TOML ({e})") from None
+    except RecursionError:
+        raise ConfigError(file, "", "valid TOML nested less deeply") from None
 
     known_sections = {"venue", "gateway", "broker", "storage", "moments", "estimation",
                       "readers", "zones"}
     for k in data:
         if k not in known_sections:
             raise ConfigError(file, k, "one of the sections " + ", ".join(sorted(known_sections)),
-                              f"unknown section {k!r}")
+                              _Said(f"unknown section {k!r}"))
 
     for name in ("venue", "gateway"):
         if name not in data:
@@ -354,24 +530,16 @@ def parse_config(text: str, file: str = "<memory>") -> Config:
     gateway = gw_sec.build(GatewayConfig)
     _check_id(file, "gateway.id", gateway.id)
     _check_choice(file, "gateway.log_level", gateway.log_level, LOG_LEVELS)
-    if gateway.tick_s <= 0:
-        raise ConfigError(file, "gateway.tick_s", "a number > 0", gateway.tick_s)
 
-    broker = _Section(file, "broker", data.get("broker", {})).build(BrokerConfig)
-    if not _BROKER_RE.match(broker.url):
-        raise ConfigError(file, "broker.url", "mqtt://host[:port] or mqtts://host[:port]",
-                          broker.url)
-    _check_choice(file, "broker.protocol", broker.protocol, MQTT_PROTOCOLS)
+    broker = _load_broker(file, data.get("broker", {}),
+                          f"venue-agent-{venue.id}-{gateway.id}")
 
     storage = _Section(file, "storage", data.get("storage", {})).build(StorageConfig)
     if not storage.path:
         raise ConfigError(file, "storage.path", "a path for the gateway's SQLite database")
     moments = _Section(file, "moments", data.get("moments", {})).build(MomentsConfig)
+    _check_id(file, "moments.reader_team", moments.reader_team)
     estimation = _Section(file, "estimation", data.get("estimation", {})).build(EstimationConfig)
-    for name in ("max_tags", "window_s", "rate_window_s", "min_measured_waits", "wait_recent"):
-        if getattr(estimation, name) <= 0:
-            raise ConfigError(file, f"estimation.{name}", "a number > 0",
-                              getattr(estimation, name))
 
     zones = tuple(_load_zone(file, i, z) for i, z in enumerate(_table_list(file, data, "zones")))
     readers = tuple(_load_reader(file, i, r)
@@ -401,7 +569,7 @@ def _check_unique(file: str, key: str, values: list[str]) -> None:
     seen: set[str] = set()
     for v in values:
         if v in seen:
-            raise ConfigError(file, key, "unique values", f"{v!r} appears twice")
+            raise ConfigError(file, key, "unique values", _Said(f"{v!r} appears twice"))
         seen.add(v)
 
 
@@ -434,6 +602,9 @@ def effective(cfg: Config) -> dict[str, Any]:
     data["storage"]["key_path"] = str(cfg.key_path)
     data["storage"]["numba_cache_dir"] = str(cfg.numba_cache_dir)
     data["broker"]["client_id"] = cfg.client_id
+    # One broker prints as a string, a failover list as a list (``urls`` is not a TOML key).
+    urls = data["broker"].pop("urls")
+    data["broker"]["url"] = urls[0] if len(urls) == 1 else urls
     for z, zd in zip(cfg.zones, data["zones"], strict=True):
         zd["absence_timeout_s"] = z.timeout_s
         zd["queue_long_clear_s"] = z.clear_wait_s

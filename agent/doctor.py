@@ -12,8 +12,8 @@ import socket
 from pathlib import Path
 from typing import TextIO
 
-from agent.config import Config
-from agent.publisher import BrokerSettings
+from agent.brokerurl import parse_broker_url
+from agent.config import Config, tcp_reader_address
 
 
 def _check_dir(path: Path) -> str | None:
@@ -60,15 +60,31 @@ def run_doctor(cfg: Config, out: TextIO) -> int:
                        f"no read/write permission on {p} (add the agent's user to 'dialout')")
             else:
                 report(True, f"reader {r.id} ({r.protocol})", f"{p} present")
-        elif r.port.startswith("socket://"):
-            host, _, port_text = r.port[len("socket://"):].partition(":")
-            ok, detail = _tcp(host, int(port_text or 0))
+        elif r.port.startswith(("socket://", "rfc2217://")):
+            try:
+                address = tcp_reader_address(r.port)
+            except ValueError:
+                address = None
+            ok, detail = _tcp(*address) if address else (False, "expected host:port 1..65535")
             report(ok, f"reader {r.id} ({r.protocol}) {r.port}", detail)
         else:
             report(True, f"reader {r.id} ({r.protocol})", f"{r.port} (not checked)")
-    broker = BrokerSettings(cfg.broker.url, client_id=cfg.client_id)
-    ok, detail = _tcp(broker.host, broker.port)
-    report(ok, f"broker {cfg.broker.url}", detail)
+    b = cfg.broker
+    if b.password_file:
+        readable = os.access(b.password_file, os.R_OK) and Path(b.password_file).is_file()
+        report(readable, f"broker password file {b.password_file}",
+               "readable" if readable else "missing or not readable by this user")
+    if b.ca_file:
+        present = Path(b.ca_file).is_file()
+        report(present, f"broker CA file {b.ca_file}", "present" if present else "not found")
+    for url in b.urls:
+        try:
+            broker = parse_broker_url(url)
+        except ValueError as e:
+            report(False, f"broker {url}", str(e))
+            continue
+        ok, detail = _tcp(broker.host, broker.port)
+        report(ok, f"broker {url}", detail)
     print(f"{problems} problem(s)", file=out)
     return 0 if problems == 0 else 1
 
@@ -77,5 +93,5 @@ def _tcp(host: str, port: int) -> tuple[bool, str]:
     try:
         with socket.create_connection((host, port), timeout=3):
             return True, "reachable"
-    except OSError as e:
+    except (OSError, OverflowError, ValueError, UnicodeError) as e:
         return False, f"unreachable ({e})"
