@@ -79,7 +79,9 @@ def run_decode(
         read = getattr(instream, "read1", instream.read)
         while chunk := read(_CHUNK):
             _print_reads(decoder.feed(chunk), out)
-        decoder.reset()  # a trailing partial frame counts as skipped in the summary
+        # End of input: frames held back waiting for bytes that will never come get a
+        # final attempt; what still is no frame is reported and counted as skipped.
+        _print_reads(decoder.drain(), out)
         status = 0
     s = decoder.stats
     print(
@@ -144,7 +146,9 @@ def _decode_port(
     except KeyboardInterrupt:
         pass
     finally:
-        link.stop()
+        stopped = link.stop()
+    if stopped:  # the link thread no longer touches the decoder: end the input as stdin does
+        _print_reads(decoder.drain(), out)
     return 0 if link.health().connects else 1
 
 

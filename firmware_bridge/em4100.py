@@ -77,21 +77,29 @@ class Em4100Decoder(BufferedDecoder):
     Each STX that does not begin a valid frame counts as one ``bad_frame``; scanning then
     resumes at the byte after that STX, so a real frame that starts inside a broken one (a
     reader unplugged mid-frame, line noise) is still found. ``on_bad_frame(stream_offset,
-    reason)``, if set, hears about each bad frame. Never raises on any input.
+    reason)``, if set, hears about each bad frame. :meth:`drain` ends a finite input.
+    Never raises on any input.
     """
 
     protocol = PROTOCOL
+    max_frame_len = FRAME_LEN_CRLF
 
     def feed(self, data: bytes) -> list[RawRead]:
         """Consume ``data``; return the reads completed by it, in order."""
         return self._hunt(data, STX, self._check, _read_of_frame)
 
+    def drain(self) -> list[RawRead]:
+        """End of input: a frame still incomplete is counted bad and the buffer emptied."""
+        return self._hunt(b"", STX, self._check, _read_of_frame, final=True)
+
     @staticmethod
-    def _check(buf: bytearray, start: int) -> int | str | None:
+    def _check(buf: bytearray, start: int, final: bool = False) -> int | str | None:
         """Judge the candidate frame at ``buf[start]`` (an STX).
 
         Returns the frame length when valid, the reason when it can no longer become valid,
-        or ``None`` when the bytes so far are a valid prefix and more are needed.
+        or ``None`` when the bytes so far are a valid prefix and more are needed. Every
+        frame needs its ETX, so ``final`` changes nothing here. A non-hex byte refuses the
+        candidate at once, so a stray STX never holds back the frame behind it.
         """
         end = len(buf)
         last_hex = min(start + _TAIL, end)

@@ -210,6 +210,34 @@ def _interpret(tfi: int, pd: bytes, extended: bool) -> Pn532Message | str:
     return Pn532Frame(tfi, pd[0], pd[1:], extended)
 
 
+def _preamble(buf: bytearray, pos: int, start: int) -> int:
+    """1 if a 0x00 right before the start code is this frame's preamble, not noise."""
+    return 1 if start > pos and buf[start - 1] == 0 else 0
+
+
+def _trailing_zeros(buf: bytearray, pos: int) -> int:
+    """Up to two trailing zeros to hold: a preamble and the start code's first byte may be
+    split from the rest of the frame."""
+    n = len(buf)
+    keep = 0
+    while keep < 2 and n - keep > pos and buf[n - keep - 1] == 0:
+        keep += 1
+    return keep
+
+
+def _message_of_frame(buf: bytearray, start: int, length: int) -> Pn532Message | str:
+    """The message in a frame :meth:`Pn532Decoder._check` found well framed."""
+    a, b = buf[start + 2], buf[start + 3]
+    if (a, b) == (0x00, 0xFF):
+        return Pn532Ack()
+    if (a, b) == (0xFF, 0x00):
+        return Pn532Nack()
+    extended = (a, b) == (0xFF, 0xFF)
+    body_at = start + (7 if extended else 4)
+    body_len = buf[start + 4] * 256 + buf[start + 5] if extended else a
+    return _interpret(buf[body_at], bytes(buf[body_at + 1 : body_at + body_len]), extended)
+
+
 class Pn532Decoder(MessageDecoder[Pn532Message]):
     """Incremental decoder for PN532 HSU frames in either direction.
 
@@ -220,10 +248,17 @@ class Pn532Decoder(MessageDecoder[Pn532Message]):
     ``on_bad_frame(stream_offset, reason)`` if set, and scanning resumes at the byte after
     its start code's 0x00. The preamble 0x00 in front of a start code and the postamble
     after DCS belong to the frame; all other bytes outside frames count as skipped.
-    Never raises on any input.
+
+    Lengths are checked before any byte is waited for: LEN 0 (a frame without TFI), an
+    extended LEN above :data:`MAX_EXTENDED_LEN` and an unknown TFI are refused as soon as
+    they are seen, and a candidate whose LEN is plausible is given up as soon as a complete,
+    valid frame starts inside it. :meth:`drain` ends a finite input (a last frame without
+    its optional postamble is complete then). Never raises on any input.
     """
 
     protocol = PROTOCOL
+    # preamble + start code + extended header + TFI/PD + DCS + postamble
+    max_frame_len = 1 + 2 + 5 + MAX_EXTENDED_LEN + 2
 
     def _reads_of(self, msg: Pn532Message) -> list[RawRead] | None:
         """A read per target of an InListPassiveTarget response: the card's UID."""
@@ -231,51 +266,16 @@ class Pn532Decoder(MessageDecoder[Pn532Message]):
             return [RawRead(PROTOCOL, t.uid) for t in msg.targets]
         return None
 
-    def feed_messages(self, data: bytes) -> list[Pn532Message]:
-        """Consume ``data``; return every message completed by it, in order."""
-        buf = self._buf
-        buf += data
-        out: list[Pn532Message] = []
-        pos = 0
-        n = len(buf)
-        while pos < n:
-            start = buf.find(_START, pos)
-            if start < 0:
-                # Keep up to two trailing zeros: a preamble and the start code's first byte
-                # may be split from the rest of the frame.
-                keep = 0
-                while keep < 2 and n - keep > pos and buf[n - keep - 1] == 0:
-                    keep += 1
-                self.stats.skipped_bytes += n - keep - pos
-                pos = n - keep
-                break
-            # A 0x00 right before the start code is this frame's preamble, not noise.
-            preamble = 1 if start > pos and buf[start - 1] == 0 else 0
-            self.stats.skipped_bytes += start - preamble - pos
-            verdict = self._check(buf, start)
-            if verdict is None:
-                pos = start - preamble
-                break
-            if isinstance(verdict, str):
-                self._bad(start, verdict, preamble)
-                pos = start + 1
-                continue
-            length, msg = verdict
-            if isinstance(msg, str):
-                # LCS and DCS agree on the frame's extent: skip all of it.
-                self._bad(start, msg, preamble)
-                self.stats.skipped_bytes += length - 1
-            else:
-                self.stats.frames += 1
-                out.append(msg)
-            pos = start + length
-        self._consumed(pos)
-        return out
+    def _decode(self, data: bytes, final: bool) -> list[Pn532Message]:
+        return self._hunt(data, _START, self._check, _message_of_frame, final=final,
+                          preamble=_preamble, keep=_trailing_zeros)
 
     @staticmethod
-    def _check(buf: bytearray, start: int) -> tuple[int, Pn532Message | str] | str | None:
-        """For the start code at ``start``: (frame length from ``start`` incl. postamble,
-        message or content error), a framing error, or ``None`` when more bytes are needed.
+    def _check(buf: bytearray, start: int, final: bool = False) -> int | str | None:
+        """For the start code at ``start``: the frame length from ``start`` (with the
+        postamble when there is one), a framing error, or ``None`` when more bytes are
+        needed. With ``final`` (no more bytes will come) a frame that ends at its DCS is
+        complete: the postamble is optional.
         """
         have = len(buf) - start
         if have < 4:
@@ -284,29 +284,35 @@ class Pn532Decoder(MessageDecoder[Pn532Message]):
         if (a, b) in ((0x00, 0xFF), (0xFF, 0x00)):
             # ACK / NACK: no body. Wait for the postamble so it is not counted as noise.
             if have < 5:
-                return None
-            length = 5 if buf[start + 4] == 0 else 4
-            return length, Pn532Ack() if a == 0 else Pn532Nack()
+                return 4 if final else None
+            return 5 if buf[start + 4] == 0 else 4
         if (a, b) == (0xFF, 0xFF):
             if have < 7:
                 return None
             lenm, lenl, lcs = buf[start + 4], buf[start + 5], buf[start + 6]
             if (lenm + lenl + lcs) & 0xFF:
                 return "bad extended length checksum"
-            body_len, body_at, extended = lenm * 256 + lenl, start + 7, True
+            body_len, body_at = lenm * 256 + lenl, start + 7
             if not 0 < body_len <= MAX_EXTENDED_LEN:
                 return f"extended frame length {body_len} out of range"
         else:
             if (a + b) & 0xFF:
                 return "bad length checksum"
-            body_len, body_at, extended = a, start + 4, False
+            body_len, body_at = a, start + 4
+            if body_len == 0:
+                # LEN 0 with LCS 0 passes the length checksum, but every information
+                # frame carries at least its TFI (a corrupted ACK looks like this).
+                return "LEN 0: a frame without TFI"
+        # Judge the TFI as soon as it arrives: noise with a plausible LEN must not make
+        # the frames behind it wait for LEN more bytes.
+        if have > body_at - start and buf[body_at] not in (TFI_HOST, TFI_PN532, TFI_ERROR):
+            return f"unknown TFI 0x{buf[body_at]:02X}"
         end = body_at + body_len  # index of DCS
-        if len(buf) < end + 2:  # DCS and postamble
+        if len(buf) < end + 1 or (len(buf) == end + 1 and not final):  # DCS, postamble
             return None
-        body = buf[body_at:end]
-        if (sum(body) + buf[end]) & 0xFF:
+        if (sum(buf[body_at:end]) + buf[end]) & 0xFF:
             return "bad data checksum"
         length = end + 1 - start
-        if buf[end + 1] == 0:
+        if len(buf) > end + 1 and buf[end + 1] == 0:
             length += 1  # postamble
-        return length, _interpret(body[0], bytes(body[1:]), extended)
+        return length

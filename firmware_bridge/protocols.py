@@ -43,6 +43,11 @@ class Decoder(Protocol):
         """Consume bytes (any split), return completed reads. Never raises."""
         ...
 
+    def drain(self) -> list[RawRead]:
+        """End of a finite input: give held-back bytes a final attempt, return the reads
+        they still make, and leave the buffer empty. Never raises."""
+        ...
+
     def reset(self) -> None:
         """Drop any partial frame (after a reconnect)."""
         ...

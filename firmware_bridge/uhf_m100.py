@@ -44,10 +44,27 @@ CMD_ERROR = 0xFF
 
 ERROR_NO_TAG = 0x15
 
-#: Largest PL this decoder waits for. Real frames are far smaller (an inventory
-#: notification with a 496-bit EPC is 67 bytes of params); the bound keeps a stray 0xBB in
-#: line noise from holding back real frames while a bogus 64 KiB "frame" fills up.
-MAX_PARAM_LEN = 1024
+#: Longest EPC a PC word can announce: 31 words (PC bits 15..11), 496 bits.
+MAX_EPC_LEN = 62
+
+#: Params of the longest inventory notification: RSSI + PC + 496-bit EPC + CRC-16.
+MAX_INVENTORY_PARAM_LEN = 1 + 2 + MAX_EPC_LEN + 2
+
+#: Largest PL this decoder waits for, in bytes. Where it comes from: the longest frame the
+#: module sends to our host is an inventory notification of 67 param bytes (above; the agent
+#: and ``decode --port`` only ever ask for inventories). Other M100 answers are shorter
+#: (version strings, settings) except read-data responses, which grow with the words a host
+#: asks for; hosts keep those within one byte of length (the vendor's M5Stack host driver
+#: receives whole frames into a 256-byte buffer). So 255 covers every frame a working
+#: module/host pair exchanges. A header claiming more is line noise (e.g. ``BB 02 7E 03
+#: FF``, "1,023 bytes") and is refused at once, instead of holding the real frames behind
+#: it until that many bytes have arrived.
+MAX_PARAM_LEN = 255
+
+#: Tighter bounds where the (type, command) pair says what the params are.
+_MAX_PARAM_LEN_OF: dict[tuple[int, int], int] = {
+    (TYPE_NOTIFICATION, CMD_INVENTORY): MAX_INVENTORY_PARAM_LEN,
+}
 
 # Bytes around params: BB, type, cmd, PL(2) before; checksum, 7E after.
 _OVERHEAD = 7
@@ -197,9 +214,15 @@ class UhfM100Decoder(MessageDecoder[UhfMessage]):
     that fails a check (type, PL bound, checksum, 7E, inventory layout) counts one
     ``bad_frame``, is reported to ``on_bad_frame(stream_offset, reason)`` if set, and
     scanning resumes at the byte after its 0xBB. Never raises on any input.
+
+    Lengths are checked before any byte is waited for: PL above :data:`MAX_PARAM_LEN`
+    (or above 67 for an inventory notification) is refused at the header, and a candidate
+    with a plausible PL is given up as soon as a complete, valid frame starts inside it.
+    :meth:`drain` ends a finite input.
     """
 
     protocol = PROTOCOL
+    max_frame_len = MAX_PARAM_LEN + _OVERHEAD
 
     def _reads_of(self, msg: UhfMessage) -> list[RawRead] | None:
         """A read per inventory notification: the EPC, with the module's RSSI."""
@@ -207,14 +230,14 @@ class UhfM100Decoder(MessageDecoder[UhfMessage]):
             return [RawRead(PROTOCOL, msg.epc, float(msg.rssi_dbm))]
         return None
 
-    def feed_messages(self, data: bytes) -> list[UhfMessage]:
-        """Consume ``data``; return every message completed by it, in order."""
-        return self._hunt(data, HEADER, self._check, _message_of_frame)
+    def _decode(self, data: bytes, final: bool) -> list[UhfMessage]:
+        return self._hunt(data, HEADER, self._check, _message_of_frame, final=final)
 
     @staticmethod
-    def _check(buf: bytearray, start: int) -> int | str | None:
+    def _check(buf: bytearray, start: int, final: bool = False) -> int | str | None:
         """Frame length if the candidate at ``start`` is well framed, a reason if it cannot
-        be, ``None`` if more bytes are needed to tell."""
+        be, ``None`` if more bytes are needed to tell (every frame ends in 0x7E, so
+        ``final`` changes nothing here)."""
         have = len(buf) - start
         if have < 2:
             return None
@@ -225,6 +248,9 @@ class UhfM100Decoder(MessageDecoder[UhfMessage]):
         plen = int.from_bytes(buf[start + 3 : start + 5], "big")
         if plen > MAX_PARAM_LEN:
             return f"PL {plen} exceeds {MAX_PARAM_LEN}"
+        limit = _MAX_PARAM_LEN_OF.get((buf[start + 1], buf[start + 2]))
+        if limit is not None and plen > limit:
+            return f"PL {plen} exceeds {limit} for type 0x{buf[start + 1]:02X} command 0x{buf[start + 2]:02X}"
         length = plen + _OVERHEAD
         if have < length:
             return None

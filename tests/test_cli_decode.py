@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,56 @@ def test_ble_vectors() -> None:
 def test_noise_is_reported_not_fatal(protocol: str) -> None:
     reads, err, rc = _decode(protocol, bytes(range(256)) * 8)
     assert rc == 0 and reads == []
+
+
+# -- noise that used to jam a reader, through the installed command ---------------------
+
+
+def _venue_agent() -> str:
+    """The `venue-agent` console script installed beside this interpreter (pip install -e)."""
+    found = shutil.which("venue-agent", path=str(Path(sys.executable).parent))
+    assert found, "venue-agent is not installed in this environment: run `make deps-test`"
+    return found
+
+
+def _decode_installed(protocol: str, data: bytes) -> tuple[list[dict[str, Any]], str, int]:
+    out = subprocess.run([_venue_agent(), "decode", "--protocol", protocol],
+                         input=data, capture_output=True, timeout=60)
+    lines = [json.loads(x) for x in out.stdout.decode().splitlines() if x.strip()]
+    return lines, out.stderr.decode(), out.returncode
+
+
+def test_installed_command_pn532_corrupted_ack_then_frames() -> None:
+    vecs = _vectors()["pn532"]
+    frames = b"".join(bytes.fromhex(v["hex"]) for v in vecs)
+    reads, err, rc = _decode_installed("pn532", bytes.fromhex("00FF00000000") + frames * 2)
+    assert rc == 0, err
+    uids = [v["uid"] for v in vecs if "uid" in v]
+    assert [r["tag_id"].upper() for r in reads] == uids * 2
+    assert "Traceback" not in err
+
+
+def test_installed_command_uhf_noise_header_then_frames() -> None:
+    vecs = _vectors()["uhf_m100"]
+    inv = next(v for v in vecs if v["kind"] == "inventory notification")
+    stream = bytes.fromhex("BB027E03FF") + b"".join(bytes.fromhex(v["hex"]) for v in vecs)
+    reads, err, rc = _decode_installed("uhf-m100", stream)
+    assert rc == 0, err
+    assert [r["tag_id"].upper() for r in reads] == [inv["epc"]]
+    assert [r["rssi_dbm"] for r in reads] == [inv["rssi_dbm"]]
+
+
+def test_installed_command_drains_at_eof() -> None:
+    # A plausible header (PL 200) would hold the whole frame behind it until 200 more bytes
+    # came; at EOF none will, so the frame must still come out.
+    vecs = _vectors()["uhf_m100"]
+    inv = next(v for v in vecs if v["kind"] == "inventory notification")
+    reads, err, rc = _decode_installed(
+        "uhf-m100", bytes.fromhex("BB013900C8") + bytes.fromhex(inv["hex"]))
+    assert rc == 0, err
+    assert [r["tag_id"].upper() for r in reads] == [inv["epc"]]
+    # A last frame without its optional postamble is complete once the input has ended.
+    resp = next(v for v in _vectors()["pn532"] if v["kind"].startswith("InListPassive"))
+    reads, err, rc = _decode_installed("pn532", bytes.fromhex(resp["hex"])[:-1])
+    assert rc == 0, err
+    assert [r["tag_id"].upper() for r in reads] == [resp["uid"]]

@@ -103,3 +103,40 @@ def test_port_mode_missing_port_exit_1(tmp_path: Path) -> None:
     status, lines, err = decode("em4100", b"", port=str(missing), duration_s=0.2)
     assert status == 1 and lines == []
     assert str(missing) in err and "No such file" in err
+
+
+# -- finite input: noise, then frames; whatever is held at EOF gets a final attempt ------
+
+
+def test_pn532_corrupted_ack_then_every_frame_decodes() -> None:
+    frames = b"".join(bytes.fromhex(v["hex"]) for v in VECTORS["pn532"])
+    status, lines, err = decode("pn532", bytes.fromhex("00FF00000000") + frames * 3)
+    assert status == 0
+    assert [line["tag_id"] for line in lines] == ["cb98a605"] * 3
+    assert "1 bad frames" in err
+
+
+def test_uhf_noise_header_then_every_frame_decodes() -> None:
+    inv = next(v for v in VECTORS["uhf_m100"] if v["kind"] == "inventory notification")
+    stream = bytes.fromhex("BB027E03FF") + bytes.fromhex(inv["hex"]) * 2
+    status, lines, err = decode("uhf-m100", stream)
+    assert status == 0
+    assert [line["tag_id"] for line in lines] == [inv["epc"].lower()] * 2
+
+
+def test_frame_held_back_at_eof_gets_a_final_attempt() -> None:
+    # The last InListPassiveTarget response lacks its (optional) postamble: at EOF nothing
+    # more can come, so it is complete.
+    resp = next(v for v in VECTORS["pn532"] if v["kind"].startswith("InListPassive"))
+    status, lines, err = decode("pn532", bytes.fromhex(resp["hex"])[:-1])
+    assert status == 0
+    assert [line["tag_id"] for line in lines] == ["cb98a605"]
+    assert "1 frames, 0 bad frames, 0 skipped bytes" in err
+
+
+def test_truncated_frame_at_eof_is_reported_with_its_offset() -> None:
+    inv = next(v for v in VECTORS["uhf_m100"] if v["kind"] == "inventory notification")
+    frame = bytes.fromhex(inv["hex"])
+    status, lines, err = decode("uhf-m100", frame + frame[:9])
+    assert status == 0 and len(lines) == 1
+    assert f"offset {len(frame)}: bad uhf-m100 frame: frame truncated at end of input" in err

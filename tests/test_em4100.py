@@ -192,3 +192,14 @@ def test_megabyte_of_noise_costs_less_than_a_python_byte_loop() -> None:
     assert dec.stats.frames == 0
     assert dec.stats.bad_frames == stx  # every STX in noise was a candidate and failed
     assert decode_s < loop_s, (decode_s, loop_s)
+
+
+def test_drain_counts_a_truncated_frame_and_empties_the_buffer() -> None:
+    frame = encode(bytes.fromhex("62E3086CED"))
+    dec = Em4100Decoder()
+    seen: list[tuple[int, str]] = []
+    dec.on_bad_frame = lambda offset, reason: seen.append((offset, reason))
+    assert dec.feed(b"xy" + frame + frame[:9]) != []
+    assert dec.drain() == []
+    assert seen == [(2 + len(frame), "frame truncated at end of input")]
+    assert dec.buffered == b"" and dec.stats.skipped_bytes == 2 + 9

@@ -225,3 +225,67 @@ def test_megabyte_of_noise_costs_less_than_a_python_byte_loop() -> None:
     loop_s = time.perf_counter() - t0
     assert dec.stats.bad_frames <= zeros
     assert decode_s < loop_s, (decode_s, loop_s)
+
+
+# -- "Survives the field": noise that used to jam the decoder ----------------------------
+
+#: A corrupted ACK seen on a real line: start code, LEN 0, LCS 0, DCS 0, postamble. Its
+#: checksums pass, but a frame without a TFI is impossible.
+CORRUPTED_ACK = bytes.fromhex("00FF00000000")
+
+
+def test_len_zero_frame_is_bad_and_does_not_jam_later_frames() -> None:
+    good = vec_bytes("InListPassiveTarget response")
+    dec = Pn532Decoder()
+    seen: list[tuple[int, str]] = []
+    dec.on_bad_frame = lambda offset, reason: seen.append((offset, reason))
+    assert dec.feed(CORRUPTED_ACK) == []
+    # Every later chunk used to raise IndexError and leave the buffer growing.
+    for _ in range(3):
+        assert dec.feed(good) == [RawRead("pn532", bytes.fromhex("CB98A605"))]
+    assert dec.stats.bad_frames == 1 and seen[0][0] == 0 and "LEN 0" in seen[0][1]
+    assert dec.buffered == b""
+
+
+def test_len_zero_frame_split_anywhere() -> None:
+    good = vec_bytes("InListPassiveTarget response")
+    stream = CORRUPTED_ACK + good + CORRUPTED_ACK + good
+    for cut in range(len(stream) + 1):
+        got, _ = messages(stream, [cut])
+        assert [type(m) for m in got] == [pn532.Pn532InList] * 2, cut
+
+
+@pytest.mark.parametrize(
+    "noise",
+    [
+        # LEN 0xF0 with a valid LCS, then a TFI no PN532 sends: refused at the TFI.
+        "0000FFF010AA",
+        # LEN 0x80, LCS 0x80 and TFI 0xD5 pass every check that can be made so far; it is
+        # given up because a complete frame starts inside its claimed length.
+        "0000FF8080D5",
+    ],
+)
+def test_frame_behind_a_long_noise_header_is_not_held_back(noise: str) -> None:
+    good = vec_bytes("InListPassiveTarget response")
+    dec = Pn532Decoder()
+    assert dec.feed(bytes.fromhex(noise) + good) == [RawRead("pn532", bytes.fromhex("CB98A605"))]
+    assert dec.stats.bad_frames == 1 and dec.buffered == b""
+
+
+def test_drain_gives_a_frame_without_postamble_its_final_attempt() -> None:
+    good = vec_bytes("InListPassiveTarget response")
+    dec = Pn532Decoder()
+    assert dec.feed(good[:-1]) == []  # the postamble may still come
+    assert dec.drain() == [RawRead("pn532", bytes.fromhex("CB98A605"))]
+    assert dec.buffered == b"" and dec.stats.skipped_bytes == 0
+
+
+def test_drain_counts_a_truncated_frame_and_finds_what_follows_its_start() -> None:
+    good = vec_bytes("InListPassiveTarget response")
+    dec = Pn532Decoder()
+    seen: list[str] = []
+    dec.on_bad_frame = lambda _offset, reason: seen.append(reason)
+    assert dec.feed(good[:8]) == []
+    assert dec.drain() == []
+    assert seen == ["frame truncated at end of input"]
+    assert dec.buffered == b"" and dec.stats.skipped_bytes == 8

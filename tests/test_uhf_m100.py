@@ -232,3 +232,65 @@ def test_megabyte_of_noise_costs_less_than_a_python_byte_loop() -> None:
     assert dec.stats.frames == 0
     assert dec.stats.bad_frames <= headers
     assert decode_s < loop_s, (decode_s, loop_s)
+
+
+# -- "Survives the field": length fields that cannot be true ----------------------------
+
+INVENTORY = bytes.fromhex(by_kind("inventory notification")["hex"])
+INVENTORY_READ = RawRead(
+    "uhf-m100",
+    bytes.fromhex(by_kind("inventory notification")["epc"]),
+    float(by_kind("inventory notification")["rssi_dbm"]),
+)
+
+
+def test_noise_header_claiming_1023_bytes_does_not_hold_back_a_valid_frame() -> None:
+    dec = UhfM100Decoder()
+    seen: list[tuple[int, str]] = []
+    dec.on_bad_frame = lambda offset, reason: seen.append((offset, reason))
+    # The inventory frame must come out of this very feed, not a kilobyte later.
+    assert dec.feed(bytes.fromhex("BB027E03FF") + INVENTORY) == [INVENTORY_READ]
+    assert seen == [(0, f"PL 1023 exceeds {uhf_m100.MAX_PARAM_LEN}")]
+    assert dec.buffered == b""
+
+
+def test_max_param_len_is_the_largest_real_frame() -> None:
+    # A 496-bit EPC inventory notification (the longest the module sends unasked) fits...
+    longest = inventory_notification(bytes(62), -40)
+    assert len(longest) - 7 == 67 <= uhf_m100.MAX_PARAM_LEN
+    assert messages(longest)[0] != []
+    # ...and the bound is far below what a stray header claims.
+    assert uhf_m100.MAX_PARAM_LEN == 255
+
+
+def test_inventory_notification_longer_than_any_epc_is_rejected_at_the_header() -> None:
+    # type 02 / cmd 22 with PL 68: an inventory notification has at most 67 param bytes.
+    dec = UhfM100Decoder()
+    assert dec.feed(bytes.fromhex("BB02220044") + INVENTORY) == [INVENTORY_READ]
+    assert dec.stats.bad_frames == 1
+
+
+def test_complete_frame_behind_a_plausible_noise_header_is_not_held_back() -> None:
+    # PL 0xC8 = 200 is within the bound for a response, so the header alone cannot be
+    # refused; but a complete, valid frame follows inside its claimed extent.
+    dec = UhfM100Decoder()
+    assert dec.feed(bytes.fromhex("BB013900C8") + INVENTORY) == [INVENTORY_READ]
+    assert dec.stats.bad_frames == 1 and dec.buffered == b""
+
+
+def test_drain_counts_a_truncated_frame_and_empties_the_buffer() -> None:
+    dec = UhfM100Decoder()
+    seen: list[str] = []
+    dec.on_bad_frame = lambda _offset, reason: seen.append(reason)
+    assert dec.feed(INVENTORY[:10]) == []
+    assert dec.drain() == []
+    assert seen == ["frame truncated at end of input"]
+    assert dec.stats.skipped_bytes == 10 and dec.buffered == b""
+
+
+def test_split_at_every_offset_behind_noise_headers() -> None:
+    stream = bytes.fromhex("BB027E03FF") + INVENTORY + bytes.fromhex("BB013900C8") + INVENTORY
+    for cut in range(len(stream) + 1):
+        dec = UhfM100Decoder()
+        reads = dec.feed(stream[:cut]) + dec.feed(stream[cut:]) + dec.drain()
+        assert reads == [INVENTORY_READ] * 2, cut
