@@ -38,6 +38,19 @@ class ReadBuffer:
         self.rssi[i] = np.nan if rssi is None else rssi
         self.n = i + 1
 
+    def extend(self, ts: np.ndarray, tag: np.ndarray, reader: np.ndarray,
+               rssi: np.ndarray) -> None:
+        """Append columns of equal length (already pseudonymised reads)."""
+        k = int(ts.shape[0])
+        while self.n + k > self.capacity:
+            self._grow()
+        j = self.n
+        self.ts[j:j + k] = ts
+        self.tag[j:j + k] = tag
+        self.reader[j:j + k] = reader
+        self.rssi[j:j + k] = rssi
+        self.n = j + k
+
     def _grow(self) -> None:
         old: tuple[np.ndarray, ...] = (self.ts, self.tag, self.reader, self.rssi)
         self._alloc(self.capacity * 2)

@@ -1,0 +1,418 @@
+"""The gateway core: what one gateway publishes, decided in one pure place.
+
+``GatewayCore(cfg, key)`` owns everything that decides a gateway's output: the pseudonymiser,
+the columnar read buffer, the zone engine (kernels), the moment rules, the readers' known
+state and the payload builders. It turns ``(reads, now)`` into the list of messages to store:
+
+    core = GatewayCore(cfg, key=key)
+    core.accept_reads(reader_id, ts, reads)        # as often as reads arrive
+    core.reader_state(reader_id, online, message, now)
+    result = core.step(now, wall=time.time())      # once per tick
+    for msg in result.messages: outbox.enqueue(...)
+
+It does no I/O: no clocks (time is passed in), no files, no network. The runtime
+(``agent/runtime.py``) is the async shell around it (timer, readers, outbox, publisher); the
+accuracy harness (``bench/accuracy.py``), the benchmarks and the tests drive this very class,
+so the figures they print are the gateway's own.
+
+Times: ``now`` is the kernels' clock, seconds since the epoch that never step (see
+``agent.runtime.monotonic_epoch_clock``); ``wall`` is the wall clock used for the published
+``at`` fields. A simulation passes the same value for both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from agent import __version__
+from agent.config import Config, ReaderConfig, ZoneConfig
+from agent.moments import MomentEvent, MomentRules
+from agent.privacy import Pseudonymizer
+from agent.readbuffer import ReadBuffer
+from agent.timefmt import rfc3339
+from agent.topics import (
+    SCHEMA_DISPATCH,
+    SCHEMA_MOMENT,
+    SCHEMA_NUDGE,
+    SCHEMA_STATUS,
+    SCHEMA_ZONE_STATE,
+    SEQ_GUARANTEED,
+    SEQ_STATE,
+    Topics,
+)
+from firmware_bridge.records import RawRead
+
+# ----------------------------------------------------------------------------- one home each
+# Config names -> kernel codes. The kernels package is imported lazily (see engine_for):
+# numba reads NUMBA_CACHE_DIR when it is first imported, and the runtime sets it first.
+ROLE_NAMES = ("presence", "entry", "exit")
+KIND_NAMES = ("queue", "area")
+
+# The names zone state publishes for the kernels' METHOD_* codes (filled on first use).
+WAIT_METHOD_NAMES: dict[int, str] = {}
+
+# What a zone-state payload carries from the kernels' metrics, with its rounding: one row per
+# published field. Adding a metric to zone state is one line here (and the docs).
+STATE_FIELDS: tuple[tuple[str, int], ...] = (
+    ("queue_length", 1),
+    ("occupancy", 1),
+    ("wait_s", 1),
+    ("wait_joining_s", 1),
+    ("wait_forecast_s", 1),
+    ("dwell_p50_s", 1),
+    ("dwell_p90_s", 1),
+    ("arrivals_per_min", 2),
+    ("throughput_per_min", 2),
+)
+# The metrics a moment carries as context, and a dispatch with it.
+MOMENT_CONTEXT = ("queue_length", "occupancy", "wait_s", "wait_joining_s", "wait_forecast_s",
+                  "dwell_p90_s", "throughput_per_min")
+# Moments staff are told to stand down from when they resolve.
+STAND_DOWN_KINDS = ("queue_long", "queue_rising", "zone_crowded", "reader_down")
+
+
+def clean_float(x: float | None, ndigits: int = 2) -> float | None:
+    """A JSON-safe number: None for NaN, inf or missing; else rounded."""
+    return None if x is None or not math.isfinite(x) else round(float(x), ndigits)
+
+
+# ----------------------------------------------------------------------------- engine build
+def topology_for(cfg: Config) -> Any:
+    """The kernels' Topology for a gateway config (readers and zones as arrays)."""
+    import kernels
+
+    roles = {"presence": kernels.ROLE_PRESENCE, "entry": kernels.ROLE_ENTRY,
+             "exit": kernels.ROLE_EXIT}
+    kinds = {"queue": kernels.KIND_QUEUE, "area": kernels.KIND_AREA}
+    zone_index = {z.id: i for i, z in enumerate(cfg.zones)}
+    arrays: dict[str, Any] = dict(
+        reader_zone=np.array([zone_index[r.zone] for r in cfg.readers], np.int32),
+        reader_role=np.array([roles[r.role] for r in cfg.readers], np.int8),
+        zone_kind=np.array([kinds[z.kind] for z in cfg.zones], np.int8),
+        zone_timeout_s=np.array([z.timeout_s for z in cfg.zones], np.float64),
+    )
+    optional = {  # Topology fields newer kernels take, from newer config keys
+        "reader_rssi_floor": ("readers", "rssi_floor_dbm", np.float64),
+        "reader_min_reads": ("readers", "min_reads", np.int64),
+        "zone_missed_reads": ("zones", "departure_missed_reads", np.float64),
+    }
+    accepted = set(getattr(kernels.Topology, "__dataclass_fields__", {}))
+    for name, (table, key, dtype) in optional.items():
+        items: Sequence[Any] = cfg.readers if table == "readers" else cfg.zones
+        if name in accepted and all(hasattr(it, key) for it in items):
+            arrays[name] = np.array([getattr(it, key) for it in items], dtype)
+    return kernels.Topology(**arrays)
+
+
+def engine_params(cfg: Config, *, max_tags: int | None = None) -> dict[str, Any]:
+    """The kernels' EngineParams for a gateway config: the one config -> engine mapping."""
+    est = cfg.estimation
+    return dict(max_tags=max_tags or est.max_tags, window_s=est.window_s,
+                rate_window_s=est.rate_window_s, fifo_slack_s=est.fifo_slack_s,
+                min_measured_waits=est.min_measured_waits, wait_recent=est.wait_recent,
+                horizon_s=cfg.moments.forecast_horizon_s)
+
+
+def engine_for(cfg: Config, *, max_tags: int | None = None) -> Any:
+    """A fresh ZoneEngine for ``cfg`` (``max_tags`` overrides the config, for benchmarks)."""
+    import kernels
+
+    if not WAIT_METHOD_NAMES:
+        WAIT_METHOD_NAMES.update({kernels.METHOD_NONE: "none",
+                                  kernels.METHOD_MEASURED: "measured",
+                                  kernels.METHOD_LITTLE: "littles_law"})
+    return kernels.ZoneEngine(topology_for(cfg), **engine_params(cfg, max_tags=max_tags))
+
+
+def rule_values(zone: ZoneConfig, metrics: Mapping[str, float]) -> dict[str, float]:
+    """The values the moment rules watch for one zone, from its metrics by name.
+
+    Besides the metrics themselves: ``fill_pct`` (count over capacity) and
+    ``wait_s_flowing`` (the wait a guest joining now will have, only while the ride is seen
+    to move guests: a nudge must never promise a short wait at a stopped ride). The accuracy
+    harness runs the true series through this same function to find the true moments.
+    """
+    v = dict(metrics)
+    count = v.get("queue_length", math.nan) if zone.kind == "queue" else v.get(
+        "occupancy", math.nan)
+    v["fill_pct"] = 100.0 * count / zone.capacity if zone.capacity else math.nan
+    joining = v.get("wait_joining_s", math.nan)
+    if not math.isfinite(joining):
+        joining = v.get("wait_s", math.nan)
+    v["wait_s_flowing"] = joining if v.get("throughput_per_min", 0.0) > 0 else math.nan
+    return v
+
+
+# ----------------------------------------------------------------------------- records
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message the core wants stored and published (the outbox's enqueue arguments)."""
+
+    topic: str
+    payload: dict[str, Any]
+    qos: int = 1
+    retain: bool = False
+    seq_stream: str | None = None
+    coalesce_key: str | None = None
+    expiry_s: int | None = None
+
+
+@dataclass
+class StepResult:
+    """What one tick decided: messages to store, plus what they were made from."""
+
+    now: float
+    messages: list[Outgoing]
+    values: dict[str, dict[str, float]]  # per zone, the values the rules watched
+    events: list[MomentEvent]
+    metrics: Any  # kernels.ZoneMetrics
+
+
+@dataclass
+class ReaderStatus:
+    """What the core knows of one reader."""
+
+    config: ReaderConfig
+    index: int
+    online: bool | None = None  # None until the link first reports
+    offline_since: float | None = None
+    last_error: str | None = None
+    degraded: bool = False
+    reads: int = 0
+    last_read_ts: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- the core
+class GatewayCore:
+    """One gateway's decisions. Not thread-safe: one owner (the runtime's loop) calls it."""
+
+    def __init__(self, cfg: Config, *, key: bytes, max_tags: int | None = None,
+                 started_at: float | None = None) -> None:
+        self.cfg = cfg
+        self.topics = Topics(cfg.venue.id, cfg.gateway.id)
+        self.pseudonym = Pseudonymizer(key)
+        self.buffer = ReadBuffer()
+        self.engine = engine_for(cfg, max_tags=max_tags)
+        self.rules = MomentRules(cfg)
+        self.zone_index = {z.id: i for i, z in enumerate(cfg.zones)}
+        self.readers = {r.id: ReaderStatus(r, i) for i, r in enumerate(cfg.readers)}
+        self._zones = {z.id: z for z in cfg.zones}
+        self.started_at = started_at
+        self.dropped_unknown = 0
+        self.ticks = 0
+
+    # -- warm-up ------------------------------------------------------------------------
+    def warm_up(self, now: float) -> None:
+        """Compile (or load from the cache) the kernels before the first real tick."""
+        self.engine.ingest(np.empty(0, np.float64), np.empty(0, np.uint64),
+                           np.empty(0, np.int32), np.empty(0, np.float32))
+        self.engine.tick(now)
+
+    # -- reads in -----------------------------------------------------------------------
+    def accept_reads(self, reader_id: str, ts: float, reads: Iterable[RawRead]) -> int:
+        """Pseudonymise a batch of one reader's reads, stamped ``ts``, into the buffer.
+
+        Returns how many were accepted (0 for an unknown reader: counted as dropped)."""
+        st = self.readers.get(reader_id)
+        if st is None:
+            n = sum(1 for _ in reads)
+            self.dropped_unknown += n
+            return 0
+        n = 0
+        idx, buf, pseudo = st.index, self.buffer, self.pseudonym
+        for rd in reads:
+            buf.append(ts, pseudo(rd.protocol, rd.tag_id), idx, rd.rssi_dbm)
+            n += 1
+        st.reads += n
+        if n:
+            st.last_read_ts = ts
+        return n
+
+    def accept_columns(self, ts: np.ndarray, tag: np.ndarray, reader: np.ndarray,
+                       rssi: np.ndarray | None = None) -> None:
+        """Reads already pseudonymised, as columns (reader: index into ``cfg.readers``).
+
+        For simulations that generate pseudonyms directly; the kernels see exactly what
+        :meth:`accept_reads` would have given them."""
+        if ts.size == 0:
+            return
+        rs = np.full(ts.size, np.nan, np.float32) if rssi is None else rssi
+        self.buffer.extend(ts, tag, reader, rs)
+        counts = np.bincount(np.asarray(reader, np.int64), minlength=len(self.readers))
+        last = float(ts[-1])
+        for st in self.readers.values():
+            c = int(counts[st.index]) if st.index < counts.size else 0
+            if c:
+                st.reads += c
+                st.last_read_ts = last
+
+    def reader_state(self, reader_id: str, online: bool, message: str | None,
+                     now: float) -> bool:
+        """A link says its reader went online or offline. True when that is news."""
+        st = self.readers.get(reader_id)
+        if st is None or st.online == online:
+            return False
+        st.online = online
+        if online:
+            st.offline_since, st.last_error = None, None
+        else:
+            # Keep an earlier start of the outage (a reader that never came up is offline
+            # since start-up, not since its first error report).
+            if st.offline_since is None:
+                st.offline_since = now
+            st.last_error = message
+        return True
+
+    def readers_starting(self, now: float) -> None:
+        """Every reader counts as offline from start-up until its link says otherwise."""
+        for st in self.readers.values():
+            if st.online is None and st.offline_since is None:
+                st.offline_since = now
+
+    # -- the tick -----------------------------------------------------------------------
+    def step(self, now: float, wall: float | None = None) -> StepResult:
+        """Run one tick at ``now``: ingest the buffered reads, compute every zone's metrics,
+        run the moment rules, and return the messages to store (state first, then moments
+        with their dispatches and nudges). ``wall`` stamps the payloads (default ``now``)."""
+        offset = 0.0 if wall is None else wall - now
+        ts, tag, reader, rssi = self.buffer.take()
+        if ts.size:
+            self.engine.ingest(ts, tag, reader, rssi)
+        m = self.engine.tick(now)
+        arrays = m.arrays()
+        messages: list[Outgoing] = []
+        values: dict[str, dict[str, float]] = {}
+        for z in self.cfg.zones:
+            i = self.zone_index[z.id]
+            metrics = {name: float(arr[i]) for name, arr in arrays.items()
+                       if arr.dtype.kind == "f"}
+            values[z.id] = rule_values(z, metrics)
+            messages.append(self._state_message(now + offset, z, values[z.id],
+                                                int(m.wait_method[i])))
+        offline = {rid: (now - st.offline_since) if st.offline_since is not None else 0.0
+                   for rid, st in self.readers.items()}
+        events = self.rules.step(now, values, offline)
+        for ev in events:
+            messages.extend(self._moment_messages(ev, values.get(ev.zone, {}), offset))
+        self.ticks += 1
+        return StepResult(now=now, messages=messages, values=values, events=events, metrics=m)
+
+    # -- payloads -----------------------------------------------------------------------
+    def _state_message(self, at: float, z: ZoneConfig, v: Mapping[str, float],
+                       method: int) -> Outgoing:
+        body: dict[str, Any] = {"zone": z.id, "kind": z.kind, "capacity": z.capacity or None}
+        for name, nd in STATE_FIELDS:
+            if name == "queue_length" and z.kind != "queue":
+                body[name] = None
+            elif name in v:
+                body[name] = clean_float(v[name], nd)
+        body["wait_method"] = WAIT_METHOD_NAMES.get(method)
+        body["readers_online"] = sum(1 for st in self.readers.values()
+                                     if st.config.zone == z.id and st.online)
+        topic = self.topics.zone_state(z.id)
+        return Outgoing(topic, self.topics.envelope(SCHEMA_ZONE_STATE, at, **body), qos=1,
+                        retain=True, seq_stream=SEQ_STATE, coalesce_key=topic)
+
+    def _moment_messages(self, ev: MomentEvent, v: Mapping[str, float],
+                         offset: float) -> list[Outgoing]:
+        zone = self._zones[ev.zone]
+        at = ev.at + offset
+        metrics = {k: clean_float(v.get(k, math.nan), 1) for k in MOMENT_CONTEXT}
+        body: dict[str, Any] = {
+            "moment_id": ev.moment_id, "kind": ev.kind, "zone": ev.zone,
+            "zone_name": zone.display_name, "status": ev.status,
+            "opened_at": rfc3339(ev.opened_at + offset),
+            "value": clean_float(ev.value, 1), "unit": ev.unit,
+            "open_level": ev.open_level, "clear_level": ev.clear_level, "metrics": metrics}
+        if ev.reader:
+            body["reader"] = ev.reader
+            body["error"] = self.readers[ev.reader].last_error
+        out = [Outgoing(self.topics.moment(ev.zone, ev.kind),
+                        self.topics.envelope(SCHEMA_MOMENT, at, **body), qos=1,
+                        seq_stream=SEQ_GUARANTEED)]
+        dispatch = dispatch_action(ev, zone.display_name, v)
+        if dispatch is not None:
+            team = self.cfg.moments.reader_team if ev.kind == "reader_down" else zone.team
+            priority, action = dispatch
+            out.append(Outgoing(self.topics.dispatch(team), self.topics.envelope(
+                SCHEMA_DISPATCH, at, moment_id=ev.moment_id, kind=ev.kind, zone=ev.zone,
+                zone_name=zone.display_name, team=team, status=ev.status, priority=priority,
+                action=action, metrics=metrics, reader=ev.reader), qos=1,
+                seq_stream=SEQ_GUARANTEED))
+        if ev.kind == "wait_short" and ev.status in ("opened", "updated"):
+            minutes = max(1, round(ev.value / 60.0))
+            expiry = self.cfg.broker.nudge_expiry_s
+            out.append(Outgoing(self.topics.nudge(ev.zone), self.topics.envelope(
+                SCHEMA_NUDGE, at, moment_id=ev.moment_id, zone=ev.zone,
+                zone_name=zone.display_name, wait_s=clean_float(ev.value, 0),
+                message=f"{zone.display_name} is a {minutes}-minute wait for anyone joining "
+                        "now", valid_for_s=expiry),
+                qos=1, expiry_s=expiry, seq_stream=SEQ_GUARANTEED))
+        return out
+
+    def status_payload(self, online: bool, reason: str, wall: float) -> dict[str, Any]:
+        """The gateway's status (birth, Last Will, clean stop), stamped ``wall``."""
+        return self.topics.envelope(
+            SCHEMA_STATUS, wall, online=online, reason=reason, version=__version__,
+            started_at=rfc3339(self.started_at if self.started_at is not None else wall),
+            readers=[r.id for r in self.cfg.readers], zones=[z.id for z in self.cfg.zones])
+
+    def reader_health(self, dt_s: float, wall_offset: float,
+                      link_health: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+        """Per reader: online, reads, reads/s since the last call (over ``dt_s``), bad frames,
+        the last read (wall time) and the last error."""
+        out = {}
+        for rid, st in self.readers.items():
+            prev = st.extra.get("reads_at_last_health", 0)
+            st.extra["reads_at_last_health"] = st.reads
+            lh = link_health.get(rid)
+            out[rid] = {
+                "online": bool(st.online), "reads": st.reads,
+                "reads_per_s": round((st.reads - prev) / max(dt_s, 1e-6), 2),
+                "bad_frames": getattr(lh, "bad_frames", 0),
+                "degraded": bool(getattr(lh, "degraded", False)),
+                "last_read_at": (rfc3339(st.last_read_ts + wall_offset)
+                                 if st.last_read_ts else None),
+                "error": st.last_error}
+        return out
+
+
+# ----------------------------------------------------------------------------- dispatch text
+def dispatch_action(ev: MomentEvent, name: str,
+                    v: Mapping[str, float]) -> tuple[str, str] | None:
+    """(priority, recommended action) for the moments staff act on, else None."""
+    if ev.status == "resolved":
+        if ev.kind in STAND_DOWN_KINDS:
+            return "info", f"Stand down: {ev.kind.replace('_', ' ')} at {name} has cleared."
+        return None
+    if ev.status != "opened":
+        return None
+    if ev.kind == "queue_long":
+        return "high", (f"Open another load station or add staff at {name}: wait "
+                        f"{_duration(v.get('wait_s', math.nan))}, "
+                        f"{_count(v.get('queue_length', math.nan))} in line.")
+    if ev.kind == "queue_rising":
+        return "medium", (f"Prepare staff for {name}: wait forecast "
+                          f"{_duration(v.get('wait_forecast_s', math.nan))} within the "
+                          "horizon.")
+    if ev.kind == "zone_crowded":
+        return "high", f"Manage crowding at {name}: {ev.value:.0f} % of capacity."
+    if ev.kind == "reader_down":
+        return "medium", f"Check reader {ev.reader} at {name}: offline."
+    return None
+
+
+def _duration(x: float) -> str:
+    if not math.isfinite(x):
+        return "unknown"
+    return f"{round(x)} s" if x < 120 else f"{round(x / 60.0)} min"
+
+
+def _count(x: float) -> str:
+    return "unknown" if not math.isfinite(x) else str(round(x))
