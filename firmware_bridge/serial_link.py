@@ -18,8 +18,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +41,15 @@ OnState = Callable[[str, bool, "str | None"], None]
 # when a reader floods the line.
 _MAX_CHUNK = 65536
 
+#: A decoder that raised this many times within DEGRADED_WINDOW_S marks its reader degraded
+#: (decoders never raise; one that does keeps doing it on the same kind of bytes).
+DEGRADED_AFTER_ERRORS = 3
+#: Seconds over which decoder errors are counted for ``degraded``; also the least time
+#: between two log records about decoder errors of one link.
+DEGRADED_WINDOW_S = 60.0
+# Bytes of a failing input shown in the log (hex): enough to recognise the frame.
+_LOG_BYTES = 64
+
 
 def describe_error(exc: BaseException) -> str:
     """The OS error behind ``exc`` in one short phrase, e.g. ``[Errno 2] No such file...``.
@@ -56,10 +67,14 @@ def describe_error(exc: BaseException) -> str:
 class LinkHealth:
     """A snapshot of one link, for the gateway health topic and ``doctor``.
 
-    reads: reads handed to ``on_reads`` since start. frames / bad_frames / skipped_bytes:
-    the decoder's counters. last_read_ts: receipt time (``clock()`` seconds) of the latest
-    read, ``None`` before the first. connects: successful opens since start. last_error:
-    the message of the latest open/read failure, ``None`` if there never was one.
+    reads: reads handed to ``on_reads`` since start. frames / skipped_bytes: the decoder's
+    counters. bad_frames: the decoder's, plus one per input the decoder raised on.
+    last_read_ts: receipt time (``clock()`` seconds) of the latest read, ``None`` before the
+    first. connects: successful opens since start. last_error: the message of the latest
+    open/read failure, ``None`` if there never was one. decoder_errors: inputs the decoder
+    raised on since start (decoders never raise, so any is a bug; the link drops those bytes
+    and goes on). degraded: the decoder raised ``DEGRADED_AFTER_ERRORS`` times within the
+    last ``DEGRADED_WINDOW_S`` seconds: the reader is online but its reads are being lost.
     """
 
     reader_id: str
@@ -72,6 +87,8 @@ class LinkHealth:
     last_read_ts: float | None
     connects: int
     last_error: str | None
+    decoder_errors: int = 0
+    degraded: bool = False
 
 
 class SerialLink:
@@ -129,6 +146,11 @@ class SerialLink:
         self._last_read_ts: float | None = None
         self._connects = 0
         self._last_error: str | None = None
+        self._decoder_errors = 0
+        # monotonic times of the latest decoder errors, for ``degraded``
+        self._error_times: deque[float] = deque(maxlen=DEGRADED_AFTER_ERRORS)
+        self._error_logged_at: float | None = None
+        self._errors_unlogged = 0
 
     # -- public API ---------------------------------------------------------------------
 
@@ -183,12 +205,18 @@ class SerialLink:
                 online=self._online,
                 reads=self._reads,
                 frames=stats.frames,
-                bad_frames=stats.bad_frames,
+                bad_frames=stats.bad_frames + self._decoder_errors,
                 skipped_bytes=stats.skipped_bytes,
                 last_read_ts=self._last_read_ts,
                 connects=self._connects,
                 last_error=self._last_error,
+                decoder_errors=self._decoder_errors,
+                degraded=self._degraded(time.monotonic()),
             )
+
+    def _degraded(self, now: float) -> bool:
+        times = self._error_times
+        return len(times) == DEGRADED_AFTER_ERRORS and now - times[0] <= DEGRADED_WINDOW_S
 
     # -- link thread --------------------------------------------------------------------
 
@@ -226,6 +254,7 @@ class SerialLink:
         self._set_reported(True, None)
         if self._on_connect is not None:
             self._call("on_connect", self._on_connect, self)
+        read_chunk = _chunk_reader(port, self._read_timeout_s)
         # The first poll waits one interval so init commands sent by on_connect are
         # answered before the next command arrives (the PN532 handles one at a time).
         next_poll = time.monotonic() + self._poll_interval_s
@@ -235,23 +264,48 @@ class SerialLink:
                 request = self._call("poll", self._poll)
                 if isinstance(request, bytes | bytearray) and request:
                     port.write(request)
-            data = port.read(1)
-            if not data:
+            chunk = read_chunk()
+            if not chunk:
                 continue
             ts = self._clock()
-            chunk = bytearray(data)
-            while len(chunk) < _MAX_CHUNK and (waiting := port.in_waiting):
-                chunk += port.read(min(waiting, _MAX_CHUNK - len(chunk)))
             try:
-                reads = self.decoder.feed(bytes(chunk))
-            except Exception:  # decoders never raise; if one does, keep the link alive
-                log.exception("reader %r: decoder %s raised", self.reader_id, self.decoder)
+                reads = self.decoder.feed(chunk)
+            except Exception as exc:  # decoders never raise; if one does, keep the link alive
+                self._decoder_failed(chunk, exc)
                 reads = []
             if reads:
                 with self._lock:
                     self._reads += len(reads)
                     self._last_read_ts = ts
                 self._call("on_reads", self._on_reads, self.reader_id, ts, reads)
+
+    def _decoder_failed(self, chunk: bytes, exc: Exception) -> None:
+        """The decoder raised on ``chunk``: drop the bytes it holds (the ones that made it
+        raise, or it would raise again on every later chunk), count it, log it (at most
+        once per DEGRADED_WINDOW_S, with the bytes in hex) and update ``degraded``."""
+        held = getattr(self.decoder, "buffered", b"")
+        culprit = bytes(held) if isinstance(held, bytes | bytearray) and held else chunk
+        try:
+            self.decoder.reset()
+        except Exception:  # a decoder this broken still must not take the link down
+            log.debug("reader %r: decoder reset raised too", self.reader_id, exc_info=True)
+        now = time.monotonic()
+        with self._lock:
+            self._decoder_errors += 1
+            self._error_times.append(now)
+        if self._error_logged_at is not None and now - self._error_logged_at < DEGRADED_WINDOW_S:
+            self._errors_unlogged += 1
+            return
+        shown = culprit[:_LOG_BYTES].hex(" ") + (" ..." if len(culprit) > _LOG_BYTES else "")
+        log.error(
+            "reader %r: %s decoder raised %s on %d bytes, dropped them: %s%s",
+            self.reader_id, self.decoder.protocol, type(exc).__name__, len(culprit), shown,
+            f" ({self._errors_unlogged} more errors since the last report)"
+            if self._errors_unlogged else "",
+            exc_info=self._error_logged_at is None,  # the traceback once is enough
+        )
+        self._error_logged_at = now
+        self._errors_unlogged = 0
 
     def _went_offline(self, message: str) -> None:
         with self._lock:
@@ -281,6 +335,45 @@ class SerialLink:
         except Exception:
             log.exception("reader %r: %s callback raised", self.reader_id, what)
             return None
+
+
+# -- reading what is there --------------------------------------------------------------
+
+
+def _chunk_reader(port: serial.SerialBase, wait_s: float) -> Callable[[], bytes]:
+    """A function that waits up to ``wait_s`` for bytes and returns all that have arrived
+    (at most ``_MAX_CHUNK``), or ``b""``.
+
+    Ports with a file descriptor (ttys, ``socket://``) are waited on with ``select`` and
+    then read without blocking: one read takes everything buffered, whatever the transport.
+    ``in_waiting`` cannot be trusted for that: pyserial's socket handler reports it as 0 or
+    1 (its select says "readable", not how much), so ``read(in_waiting)`` read a TCP bridge
+    one byte per select + recv. Ports without one (``rfc2217://``, ``loop://``: fed by a
+    thread through a queue, where ``in_waiting`` is exact) wait in ``read(1)`` with the
+    port timeout and then take ``in_waiting`` bytes.
+    """
+    try:
+        fd = port.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        fd = None
+    if isinstance(fd, int) and fd >= 0:
+        port.timeout = 0  # reads never wait: the select below does
+
+        def read_ready() -> bytes:
+            ready, _, _ = select.select([fd], [], [], wait_s)
+            # Readable but empty raises SerialException in pyserial (device gone, peer
+            # closed): the link treats that as a lost port.
+            return port.read(_MAX_CHUNK) if ready else b""
+
+        return read_ready
+
+    def read_queued() -> bytes:
+        data = port.read(1)
+        if data and (waiting := port.in_waiting):
+            data += port.read(min(waiting, _MAX_CHUNK - 1))
+        return data
+
+    return read_queued
 
 
 # -- readers that must be asked ---------------------------------------------------------
