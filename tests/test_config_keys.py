@@ -3,6 +3,7 @@ rate, per-reader RSSI floor and read count, per-zone departure by missed reads."
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -129,3 +130,18 @@ def test_broker_config_built_in_code_keeps_url_and_urls_consistent() -> None:
     assert b.url == "mqtt://a"
     with pytest.raises(ValueError):
         BrokerConfig(url="mqtt://c", urls=("mqtt://a", "mqtt://b"))
+
+
+def test_every_key_is_in_the_config_reference() -> None:
+    from dataclasses import fields
+
+    from agent import config
+
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    reference = doc[doc.index("## Config reference"):]
+    for cls in (config.VenueConfig, config.GatewayConfig, config.BrokerConfig,
+                config.StorageConfig, config.MomentsConfig, config.EstimationConfig,
+                config.ZoneConfig, config.ReaderConfig, config.WristbandConfig):
+        for f in fields(cls):
+            if f.name != "urls":  # written as a list in broker.url
+                assert re.search(rf"[`.]{f.name}[`\[]", reference), (cls, f.name)
