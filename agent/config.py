@@ -323,10 +323,14 @@ class _Section:
         if hi is None:
             hi = INT_MAX if kind == "int" else FLOAT_MAX
         if (lo is not None and value < lo) or (gt is not None and value <= gt) or value > hi:
-            low = f"> {gt:g}" if gt is not None else f">= {lo:g}"
+            low = f"> {_num(gt)}" if gt is not None else f">= {_num(lo)}"
             raise ConfigError(self.file, key, f"{'an integer' if kind == 'int' else 'a number'} "
-                              f"{low} and <= {hi:g}", value)
+                              f"{low} and <= {_num(hi)}", value)
         return value
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def _check_choice(file: str, key: str, value: str, choices: tuple[str, ...]) -> None:
