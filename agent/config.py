@@ -329,7 +329,7 @@ class _Section:
         return value
 
 
-def _num(x: float) -> str:
+def _num(x: Any) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
