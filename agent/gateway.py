@@ -148,6 +148,25 @@ def rule_values(zone: ZoneConfig, metrics: Mapping[str, float]) -> dict[str, flo
     return v
 
 
+class MomentDecider:
+    """Metrics in, moment events out: :func:`rule_values` then the moment rules.
+
+    The core decides its moments with this; the accuracy harness runs the true series through
+    another instance to find the true moments, so both sides are judged by one set of rules.
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        self.rules = MomentRules(cfg)
+        self._zones = {z.id: z for z in cfg.zones}
+
+    def decide(self, now: float, metrics: Mapping[str, Mapping[str, float]],
+               reader_offline_s: Mapping[str, float]
+               ) -> tuple[dict[str, dict[str, float]], list[MomentEvent]]:
+        """``metrics[zone][name]`` -> (the values the rules watched per zone, the events)."""
+        values = {z: rule_values(self._zones[z], m) for z, m in metrics.items()}
+        return values, self.rules.step(now, values, reader_offline_s)
+
+
 # ----------------------------------------------------------------------------- records
 @dataclass(frozen=True, slots=True)
 class Outgoing:
@@ -199,7 +218,7 @@ class GatewayCore:
         self.pseudonym = Pseudonymizer(key)
         self.buffer = ReadBuffer()
         self.engine = engine_for(cfg, max_tags=max_tags)
-        self.rules = MomentRules(cfg)
+        self.moments = MomentDecider(cfg)
         self.zone_index = {z.id: i for i, z in enumerate(cfg.zones)}
         self.readers = {r.id: ReaderStatus(r, i) for i, r in enumerate(cfg.readers)}
         self._zones = {z.id: z for z in cfg.zones}
@@ -286,18 +305,14 @@ class GatewayCore:
             self.engine.ingest(ts, tag, reader, rssi)
         m = self.engine.tick(now)
         arrays = m.arrays()
-        messages: list[Outgoing] = []
-        values: dict[str, dict[str, float]] = {}
-        for z in self.cfg.zones:
-            i = self.zone_index[z.id]
-            metrics = {name: float(arr[i]) for name, arr in arrays.items()
-                       if arr.dtype.kind == "f"}
-            values[z.id] = rule_values(z, metrics)
-            messages.append(self._state_message(now + offset, z, values[z.id],
-                                                int(m.wait_method[i])))
+        floats = {name: arr for name, arr in arrays.items() if arr.dtype.kind == "f"}
+        metrics = {z.id: {name: float(arr[i]) for name, arr in floats.items()}
+                   for i, z in enumerate(self.cfg.zones)}
         offline = {rid: (now - st.offline_since) if st.offline_since is not None else 0.0
                    for rid, st in self.readers.items()}
-        events = self.rules.step(now, values, offline)
+        values, events = self.moments.decide(now, metrics, offline)
+        messages = [self._state_message(now + offset, z, values[z.id], int(m.wait_method[i]))
+                    for i, z in enumerate(self.cfg.zones)]
         for ev in events:
             messages.extend(self._moment_messages(ev, values.get(ev.zone, {}), offset))
         self.ticks += 1

@@ -1,0 +1,135 @@
+"""The gateway core: what one gateway publishes, driven in-process (no I/O)."""
+
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import fields
+from pathlib import Path
+
+from agent.config import EstimationConfig, parse_config
+from agent.gateway import GatewayCore, engine_params, rule_values
+from agent.topics import SCHEMA_DISPATCH, SCHEMA_MOMENT, SCHEMA_ZONE_STATE, SEQ_GUARANTEED
+from firmware_bridge.records import RawRead
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = bytes(range(32))
+
+CONFIG = """
+[venue]
+id = "park"
+[gateway]
+id = "gw-1"
+[moments]
+hold_s = 0
+reader_down_after_s = 5
+[[readers]]
+id = "dino-in"
+protocol = "em4100"
+port = "socket://127.0.0.1:7001"
+zone = "dino-queue"
+role = "entry"
+[[readers]]
+id = "dino-out"
+protocol = "em4100"
+port = "socket://127.0.0.1:7002"
+zone = "dino-queue"
+role = "exit"
+[[readers]]
+id = "plaza-ble"
+protocol = "ble"
+zone = "plaza"
+[[zones]]
+id = "dino-queue"
+kind = "queue"
+capacity = 100
+[[zones]]
+id = "plaza"
+kind = "area"
+capacity = 4
+"""
+
+
+def core() -> GatewayCore:
+    c = GatewayCore(parse_config(CONFIG), key=KEY, max_tags=1024, started_at=0.0)
+    for rid in c.readers:
+        c.reader_state(rid, True, None, 0.0)
+    return c
+
+
+def tag(i: int) -> bytes:
+    return bytes([0x10, 0, 0, 0, i])
+
+
+def test_every_tick_publishes_each_zone_state_first() -> None:
+    c = core()
+    res = c.step(1000.0, wall=1_700_000_000.0)
+    states = [m for m in res.messages if m.payload["schema"] == SCHEMA_ZONE_STATE]
+    assert [m.payload["zone"] for m in states] == ["dino-queue", "plaza"]
+    assert res.messages[: len(states)] == states
+    for m in states:
+        assert m.retain and m.coalesce_key == m.topic
+        assert m.payload["at"].startswith("2023-11-14T22:13:20")  # the wall clock, not now
+    assert states[1].payload["queue_length"] is None  # an area has no queue
+
+
+def test_reads_become_occupancy_and_a_crowded_moment_with_its_dispatch() -> None:
+    c = core()
+    reads = [RawRead("ble", tag(i), -60.0) for i in range(5)]
+    for t in range(1, 6):  # BLE needs a few adverts before a zone is assigned
+        c.accept_reads("plaza-ble", float(t), reads)
+    res = c.step(6.0)
+    assert res.values["plaza"]["occupancy"] == 5
+    assert res.values["plaza"]["fill_pct"] == 125.0
+    kinds = [(m.payload["schema"], m.payload.get("kind")) for m in res.messages]
+    assert (SCHEMA_MOMENT, "zone_crowded") in kinds
+    assert (SCHEMA_DISPATCH, "zone_crowded") in kinds
+    for m in res.messages:
+        if m.payload["schema"] in (SCHEMA_MOMENT, SCHEMA_DISPATCH):
+            assert m.seq_stream == SEQ_GUARANTEED
+        text = json.dumps(m.payload)
+        assert tag(1).hex() not in text  # raw ids never leave the core
+
+
+def test_a_reader_offline_long_enough_opens_reader_down_for_the_technical_team() -> None:
+    c = core()
+    assert c.reader_state("dino-out", False, "port vanished", 10.0)
+    assert not c.reader_state("dino-out", False, "again", 11.0)  # no news
+    assert not [e for e in c.step(12.0).events if e.kind == "reader_down"]
+    res = c.step(16.0)
+    assert [e.kind for e in res.events] == ["reader_down"]
+    dispatch = [m for m in res.messages if m.payload["schema"] == SCHEMA_DISPATCH]
+    assert dispatch[0].topic == "venue/park/dispatch/technical"
+    moment = [m for m in res.messages if m.payload["schema"] == SCHEMA_MOMENT][0]
+    assert moment.payload["error"] == "port vanished"
+
+
+def test_reads_of_unknown_readers_are_counted_not_used() -> None:
+    c = core()
+    assert c.accept_reads("nobody", 1.0, [RawRead("em4100", tag(1))]) == 0
+    assert c.dropped_unknown == 1
+
+
+def test_the_engine_gets_every_estimation_setting() -> None:
+    """One config -> engine mapping: a new estimation key cannot be forgotten by it."""
+    params = engine_params(parse_config(CONFIG))
+    assert {f.name for f in fields(EstimationConfig)} <= set(params)
+
+
+def test_a_nudge_never_promises_a_wait_at_a_stopped_ride() -> None:
+    z = parse_config(CONFIG).zone("dino-queue")
+    moving = rule_values(z, {"wait_s": 60.0, "wait_joining_s": 90.0, "throughput_per_min": 2.0})
+    assert moving["wait_s_flowing"] == 90.0  # what a guest joining now will wait
+    stopped = rule_values(z, {"wait_s": 60.0, "throughput_per_min": 0.0})
+    assert stopped["wait_s_flowing"] != stopped["wait_s_flowing"]  # NaN
+
+
+def test_the_accuracy_harness_builds_no_engine_or_rules_of_its_own() -> None:
+    """bench/accuracy.py must measure the gateway itself: it drives GatewayCore."""
+    tree = ast.parse((ROOT / "bench" / "accuracy.py").read_text())
+    names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert "GatewayCore" in names
+    for forbidden in ("ZoneEngine", "Topology", "EngineParams", "MomentRules",
+                      "ThresholdRule", "ReferenceEngine"):
+        assert forbidden not in names, forbidden
