@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck bench accuracy soak clean deps-test deps-demo system-deps
+.PHONY: demo test lint typecheck bench accuracy soak fuzz clean deps-test deps-demo system-deps
 
 $(VENV)/bin/python:
 	$(PY) -m venv $(VENV)
@@ -52,6 +52,12 @@ accuracy: deps-test
 
 soak: deps-test
 	$(BIN)/python -m pytest -m soak $(PYTEST_ARGS)
+
+# 10^6 inputs per serial decoder (random bytes, mutated frames, frames split at every
+# offset): no exception, bounded buffer, split-invariant reads. FUZZ_INPUTS=N changes the
+# count. A slice of the same runs in `make test`.
+fuzz: deps-test
+	$(BIN)/python -m pytest -m fuzz -s tests/test_fuzz_decoders.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/out

@@ -38,6 +38,13 @@ class Decoder(Protocol):
     protocol: str
     stats: DecoderStats
     on_bad_frame: Callable[[int, str], None] | None
+    #: The most bytes the decoder ever holds back (its protocol's longest frame).
+    max_frame_len: int
+
+    @property
+    def buffered(self) -> bytes:
+        """The bytes held back as the start of a frame not yet complete."""
+        ...
 
     def feed(self, data: bytes) -> list[RawRead]:
         """Consume bytes (any split), return completed reads. Never raises."""

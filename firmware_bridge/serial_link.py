@@ -283,8 +283,10 @@ class SerialLink:
         """The decoder raised on ``chunk``: drop the bytes it holds (the ones that made it
         raise, or it would raise again on every later chunk), count it, log it (at most
         once per DEGRADED_WINDOW_S, with the bytes in hex) and update ``degraded``."""
-        held = getattr(self.decoder, "buffered", b"")
-        culprit = bytes(held) if isinstance(held, bytes | bytearray) and held else chunk
+        try:
+            culprit = self.decoder.buffered or chunk
+        except Exception:  # a decoder this broken still must not take the link down
+            culprit = chunk
         try:
             self.decoder.reset()
         except Exception:  # a decoder this broken still must not take the link down

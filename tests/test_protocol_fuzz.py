@@ -54,6 +54,9 @@ def test_random_bytes_never_raise(name: str, chunks: list[bytes]) -> None:
     reads = []
     for chunk in chunks:
         reads += dec.feed(chunk)
+        assert len(dec.buffered) <= dec.max_frame_len
+    reads += dec.drain()
+    assert dec.buffered == b""
     dec.reset()
     assert all(r.protocol == name for r in reads)
     assert dec.stats.skipped_bytes <= sum(map(len, chunks))

@@ -484,7 +484,7 @@ def test_decoder_that_raises_loses_only_the_bytes_that_made_it_raise(
         assert events.next()[3] == [RawRead("em4100", TAG)]
         health = link.health()
         assert health.online and not health.degraded and health.bad_frames == 1
-        assert link.decoder.buffered == b""  # type: ignore[attr-defined]
+        assert link.decoder.buffered == b""
 
         # A decoder that keeps failing marks the reader degraded, and logs once.
         for n in (2, 3):
@@ -540,7 +540,7 @@ def _measure(link: SerialLink, send: Callable[[bytes], None], frames: int) -> di
 def test_socket_link_reads_chunks_like_a_tty(tmp_path: Path) -> None:
     """A serial-over-TCP reader must cost what a tty reader costs: reads/s and CPU per read
     of a socket:// link against a PTY link, in the same run, as ratios."""
-    frames = 4000  # 56 kB
+    frames = 6000  # 84 kB
     pty = Pty()
     port = tmp_path / "ttyRFID0"
     point(port, pty.name)
@@ -555,16 +555,17 @@ def test_socket_link_reads_chunks_like_a_tty(tmp_path: Path) -> None:
         while view:
             view = view[os.write(pty.master, view):]
 
-    best: dict[str, dict[str, float]] = {}
+    runs: dict[str, list[dict[str, float]]] = {"tty": [], "socket": []}
     with running(tty_link), running(sock_link):
         assert wait_until(lambda: tty_link.online and sock_link.online)
         conn = bridge.conns.get(timeout=WAIT_S)
-        for _ in range(3):  # best of 3: the machine is shared
+        for _ in range(3):  # best of 3, interleaved: the machine is shared
             for name, link, send in (("tty", tty_link, write_pty),
                                      ("socket", sock_link, conn.sendall)):
-                got = _measure(link, send, frames)
-                if name not in best or got["reads_per_s"] > best[name]["reads_per_s"]:
-                    best[name] = got
+                runs[name].append(_measure(link, send, frames))
+    best = {name: {"reads_per_s": max(r["reads_per_s"] for r in got),
+                   "cpu_per_read": min(r["cpu_per_read"] for r in got),
+                   "chunks": max(r["chunks"] for r in got)} for name, got in runs.items()}
     conn.close()
     bridge.close()
     pty.unplug()

@@ -170,6 +170,10 @@ def test_reset_drops_partial_frame() -> None:
     assert dec.feed_messages(frame[4:] + frame) == [UhfFrame(0, 0x22, b"")]
 
 
+def test_epc_crc16_is_crc16_genibus() -> None:
+    assert epc_crc16(b"123456789") == 0xD64E  # the catalogued check value of CRC-16/GENIBUS
+
+
 def test_epc_crc16_known_value() -> None:
     vec = by_kind("inventory notification")
     assert epc_crc16(bytes.fromhex(vec["pc"] + vec["epc"])) == int(vec["crc"], 16)
