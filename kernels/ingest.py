@@ -33,6 +33,7 @@ from ._jit import jit
 from .ble_presence import ble_observe, ble_zone
 from .codes import (
     C_BAD_READS,
+    C_FILTERED,
     C_FREE_TOP,
     C_READS,
     DEP_EXIT,
@@ -40,6 +41,7 @@ from .codes import (
     TAG_EXITED,
     TAG_FREE,
     TAG_IN,
+    TAG_PENDING,
 )
 from .hashtable import table_find
 from .history import push_arrival, push_departure, push_fifo_witness
@@ -81,9 +83,15 @@ def ingest_reads(
     rssi: np.ndarray,
     reader_zone: np.ndarray,
     reader_role: np.ndarray,
+    reader_rssi_floor: np.ndarray,
+    reader_min_reads: np.ndarray,
     zone_kind: np.ndarray,
+    zone_timeout_s: np.ndarray,
+    zone_missed_reads: np.ndarray,
     fifo_slack_s: float,
     evict_batch: int,
+    interval_alpha: float,
+    obs_start: float,
     slot_keys: np.ndarray,
     slot_rows: np.ndarray,
     shift: np.uint64,
@@ -93,6 +101,11 @@ def ingest_reads(
     row_first: np.ndarray,
     row_last: np.ndarray,
     row_entry: np.ndarray,
+    row_ivl: np.ndarray,
+    row_ivl_dev: np.ndarray,
+    row_pend_key: np.ndarray,
+    row_pend_n: np.ndarray,
+    row_pend_t: np.ndarray,
     cand_reader: np.ndarray,
     cand_s: np.ndarray,
     cand_t: np.ndarray,
@@ -105,6 +118,9 @@ def ingest_reads(
     fifo_entry: np.ndarray,
     fifo_n: np.ndarray,
     fifo_cutoff: np.ndarray,
+    rr_from: np.ndarray,
+    rr_seen: np.ndarray,
+    min_wait: np.ndarray,
     dep_t: np.ndarray,
     dep_dur: np.ndarray,
     dep_kind: np.ndarray,
@@ -117,10 +133,14 @@ def ingest_reads(
 
     ts float64[N] s, tag uint64[N], reader int32[N], rssi float64[N] dBm (NaN = none).
     ``ble`` float64[6] = (tau_s, alpha_min, stale_s, decay_db_per_s, holdoff_s, margin_db).
+    ``obs_start``: when the engine last began observing (-inf, or the time it was restored):
+    a departure counts as read at the entry for the read-rate estimates only if its visit
+    began at or after it.
     """
     tau_s, alpha_min, stale_s = ble[0], ble[1], ble[2]
     decay, holdoff, margin = ble[3], ble[4], ble[5]
     n_readers = reader_zone.size
+    witnesses = fifo_entry.shape[1]
     counters[C_BAD_READS] += ts.size
     order = read_order(ts)
     counters[C_BAD_READS] -= order.size
@@ -129,6 +149,10 @@ def ingest_reads(
         r = reader[i]
         if key == 0 or r < 0 or r >= n_readers:
             counters[C_BAD_READS] += 1
+            continue
+        x = rssi[i]
+        if x < reader_rssi_floor[r]:  # False for NaN: reads without RSSI always count
+            counters[C_FILTERED] += 1
             continue
         t = ts[i]
         z = np.int64(reader_zone[r])
@@ -162,17 +186,22 @@ def ingest_reads(
             slot_rows[-1 - slot] = row
             row_key[row] = key
             row_state[row] = TAG_FREE
+            row_pend_key[row] = -1
             cand_reader[row, :] = -1
             state = TAG_FREE
         counters[C_READS] += 1
+        pending_row = state == TAG_PENDING
+        if pending_row:
+            state = TAG_FREE  # in no zone yet
 
-        if role == ROLE_PRESENCE and not np.isnan(rssi[i]):
+        ble_read = role == ROLE_PRESENCE and not np.isnan(x)
+        if ble_read:
             here = np.int64(row_zone[row]) if state == TAG_IN else np.int64(-1)
             ble_observe(
                 row,
                 r,
                 t,
-                rssi[i],
+                x,
                 here,
                 reader_zone,
                 cand_reader,
@@ -202,6 +231,56 @@ def ingest_reads(
                 )
             )
 
+        queue_exit = zone_kind[z] != KIND_AREA and role == ROLE_EXIT
+        same = state != TAG_FREE and row_zone[row] == z
+        if queue_exit:
+            refresh = same and state == TAG_EXITED
+        else:
+            refresh = same and (
+                state == TAG_IN or (state == TAG_EXITED and role == ROLE_PRESENCE)
+            )
+        if refresh:
+            if (
+                state == TAG_IN
+                and (zone_kind[z] == KIND_AREA or role == ROLE_PRESENCE)
+                and t > row_last[row]
+            ):
+                # the tag's own read interval (see sweep.py): EWMAs of the interval and its
+                # absolute deviation, starting from the interval of the zone's timeout
+                err = t - row_last[row] - row_ivl[row]
+                if np.isnan(row_ivl[row]):
+                    row_ivl[row] = zone_timeout_s[z] / zone_missed_reads[z]
+                    row_ivl_dev[row] = 0.0
+                    err = t - row_last[row] - row_ivl[row]
+                row_ivl[row] += interval_alpha * err
+                row_ivl_dev[row] += interval_alpha * (abs(err) - row_ivl_dev[row])
+            row_last[row] = t
+            row_pend_key[row] = -1
+            continue
+
+        # A transition (join, move, exit): with min_reads > 1 it waits for that many reads in
+        # a row at this reader (for a BLE advert: in the zone it chose), dated at the first.
+        need = reader_min_reads[r]
+        t0 = t
+        if need > 1:
+            pk = np.int64(n_readers + z) if ble_read else np.int64(r)
+            if row_pend_key[row] == pk and t - row_pend_t[row] <= zone_timeout_s[z]:
+                row_pend_n[row] += 1
+            else:
+                row_pend_key[row] = pk
+                row_pend_n[row] = 1
+                row_pend_t[row] = t
+            if row_pend_n[row] < need:
+                if state == TAG_FREE:
+                    row_state[row] = TAG_PENDING
+                    row_zone[row] = z
+                    row_last[row] = t
+                continue
+            t0 = row_pend_t[row]
+        row_pend_key[row] = -1
+        if pending_row:
+            row_state[row] = TAG_FREE
+
         if state != TAG_FREE and row_zone[row] != z:
             if state == TAG_IN:
                 zp = np.int64(row_zone[row])
@@ -226,43 +305,50 @@ def ingest_reads(
                         dep_entry,
                         dep_n,
                         zp,
-                        t,
+                        t0,
                         np.nan,
                         DEP_MOVED,
-                        row_entry[row],
+                        observed_entry(row_entry[row], row_first[row], obs_start),
                     )
                 zone_count[zp] -= 1
             state = TAG_FREE
 
-        if zone_kind[z] == KIND_AREA or role != ROLE_EXIT:
-            if state == TAG_IN or (state == TAG_EXITED and role == ROLE_PRESENCE):
-                row_last[row] = t
-                row_state[row] = state
-            else:  # a new visit
-                row_zone[row] = z
-                row_state[row] = TAG_IN
-                row_first[row] = t
-                row_last[row] = t
-                row_entry[row] = 1 if (role == ROLE_ENTRY and zone_kind[z] != KIND_AREA) else 0
-                zone_count[z] += 1
-                push_arrival(arr_t, arr_n, z, t)
+        if not queue_exit:  # a new visit
+            row_zone[row] = z
+            row_state[row] = TAG_IN
+            row_first[row] = t0
+            row_last[row] = t
+            row_ivl[row] = np.nan
+            row_entry[row] = 1 if (role == ROLE_ENTRY and zone_kind[z] != KIND_AREA) else 0
+            zone_count[z] += 1
+            push_arrival(arr_t, arr_n, z, t0)
         elif state == TAG_IN:  # queue exit of a tag in the queue: a completed visit
             dur = np.nan
+            entry = observed_entry(row_entry[row], row_first[row], obs_start)
             if row_entry[row] == 1:
-                dur = t - row_first[row]
+                dur = t0 - row_first[row]
+                min_wait[z] = min(min_wait[z], dur)
                 push_fifo_witness(fifo_entry, fifo_n, fifo_cutoff, z, row_first[row], fifo_slack_s)
-            push_departure(
-                dep_t, dep_dur, dep_kind, dep_entry, dep_n, z, t, dur, DEP_EXIT, row_entry[row]
-            )
+                if entry == 1:
+                    # exits count for the entry read rate once the guests leaving entered
+                    # while the engine watched: from the K-th measured exit that did (FIFO)
+                    rr_seen[z] += 1
+                    if rr_seen[z] == witnesses:
+                        rr_from[z] = t0
+            push_departure(dep_t, dep_dur, dep_kind, dep_entry, dep_n, z, t0, dur, DEP_EXIT, entry)
             zone_count[z] -= 1
             row_state[row] = TAG_EXITED
             row_last[row] = t
-        elif state == TAG_EXITED:  # the exit reader reads a leaving tag again
-            row_last[row] = t
         else:  # seen only at the exit: counts toward throughput, no wait
-            push_departure(dep_t, dep_dur, dep_kind, dep_entry, dep_n, z, t, np.nan, DEP_EXIT, 0)
+            push_departure(dep_t, dep_dur, dep_kind, dep_entry, dep_n, z, t0, np.nan, DEP_EXIT, 0)
             row_zone[row] = z
             row_state[row] = TAG_EXITED
-            row_first[row] = t
+            row_first[row] = t0
             row_last[row] = t
             row_entry[row] = 0
+
+
+@jit
+def observed_entry(entry: int, first: float, obs_start: float) -> int:
+    """1 if a visit was read at the entry while the engine watched (for the read rates)."""
+    return 1 if entry == 1 and first >= obs_start else 0

@@ -8,19 +8,42 @@ window_stats.py. Slow by design: use it only as a test oracle.
 from __future__ import annotations
 
 import bisect
+import copy
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from .codes import DEP_EXIT, DEP_FIFO, DEP_MOVED, DEP_TIMEOUT, TAG_EXITED, TAG_IN
-from .engine import FLOAT_METRICS, EngineParams, ZoneMetrics, as_read_columns, rate_span_s
+from .codes import (
+    DEP_EXIT,
+    DEP_FIFO,
+    DEP_MOVED,
+    DEP_TIMEOUT,
+    IVL_DEV_WEIGHT,
+    TAG_EXITED,
+    TAG_IN,
+    TAG_PENDING,
+)
+from .engine import (
+    FLOAT_METRICS,
+    SNAPSHOT_FORMAT,
+    EngineParams,
+    SnapshotMismatch,
+    ZoneMetrics,
+    as_read_columns,
+    fingerprint,
+    rate_span_s,
+)
 from .topology import (
     KIND_AREA,
     METHOD_LITTLE,
     METHOD_MEASURED,
     METHOD_NONE,
+    QL_CORRECTED,
+    QL_NONE,
+    QL_UNCORRECTED,
     ROLE_ENTRY,
     ROLE_EXIT,
     ROLE_PRESENCE,
@@ -31,10 +54,23 @@ from .topology import (
 @dataclass
 class _Tag:
     zone: int
-    state: int  # TAG_IN or TAG_EXITED
+    state: int  # TAG_IN, TAG_EXITED or TAG_PENDING (in no zone yet: short of min_reads)
     first: float
     last: float
     entry: bool
+    ivl: float = math.nan  # EWMA of the intervals between presence reads in this visit
+    dev: float = 0.0  # EWMA of their absolute deviation
+    pend_key: int = -1  # reads in a row toward a transition (reader, or R + zone for BLE)
+    pend_n: int = 0
+    pend_t: float = 0.0  # ... the first of them
+
+
+def read_rate_est(both: int, seen: int, p: EngineParams) -> tuple[float, float, float]:
+    """(estimate shrunk toward 1, standard error, rate a count is divided by)."""
+    n = seen + p.read_rate_prior
+    rate = (both + p.read_rate_prior) / n
+    sd = math.sqrt(rate * (1.0 - rate) / n)
+    return rate, sd, max(min(1.0, rate + p.read_rate_z * sd), p.min_read_rate)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -64,11 +100,20 @@ class ReferenceEngine:
         self.arrivals: list[deque[float]] = [deque(maxlen=p.history) for _ in range(z)]
         self.fifo_entries: list[deque[float]] = [deque(maxlen=p.fifo_witnesses) for _ in range(z)]
         self.fifo_cutoff = [-math.inf] * z
+        self.rr_from = [math.inf] * z  # read rates count departures from here (or <= gap_lo)
+        self.rr_seen = [0] * z  # measured exits of guests who entered while watched
+        self.min_wait = [math.inf] * z  # shortest wait ever measured (the walk)
         self.now = -math.inf
         self.t_start = math.inf  # earliest read or tick seen (see rate_span_s)
+        self.t_seen = -math.inf  # latest read seen
+        self.obs_start = -math.inf
+        self.gap_lo = -math.inf
+        self.gap_hi = -math.inf
         self.evictions = 0
         self.reads = 0
         self.bad_reads = 0
+        self.filtered_reads = 0
+        self._fingerprint = fingerprint(topo, p)
 
     @property
     def live_tags(self) -> int:
@@ -82,59 +127,102 @@ class ReferenceEngine:
         finite = [i for i in range(ts.size) if not math.isnan(ts[i])]
         if finite:
             self.t_start = min(self.t_start, min(float(ts[i]) for i in finite))
+            self.t_seen = max(self.t_seen, max(float(ts[i]) for i in finite))
         self.bad_reads += ts.size - len(finite)
         for i in sorted(finite, key=lambda i: ts[i]):  # sorted() is stable
             self._read(float(ts[i]), int(tag[i]), int(reader[i]), float(rssi[i]))
 
     def _read(self, t: float, key: int, r: int, rssi: float) -> None:
-        topo = self.topo
+        topo, p = self.topo, self.params
         if key == 0 or not 0 <= r < topo.n_readers:
             self.bad_reads += 1
+            return
+        if rssi < topo.reader_rssi_floor[r]:  # never for NaN (no RSSI)
+            self.filtered_reads += 1
             return
         z = int(topo.reader_zone[r])
         role = int(topo.reader_role[r])
         self.reads += 1
         tg = self.tags.get(key)
-        if tg is None and key not in self.cands and len(self.cands) >= self.params.max_tags:
+        if tg is None and key not in self.cands and len(self.cands) >= p.max_tags:
             self._evict()
         if tg is not None:
             t = max(t, tg.last)
         if key not in self.cands:
-            self.cands[key] = [[-1, 0.0, 0.0, 0] for _ in range(self.params.ble_candidates)]
-        if role == ROLE_PRESENCE and not math.isnan(rssi):
-            here = tg.zone if tg is not None and tg.state == TAG_IN else -1
+            self.cands[key] = [[-1, 0.0, 0.0, 0] for _ in range(p.ble_candidates)]
+        state = tg.state if tg is not None and tg.state != TAG_PENDING else None
+        ble_read = role == ROLE_PRESENCE and not math.isnan(rssi)
+        if ble_read:
+            here = tg.zone if tg is not None and state == TAG_IN else -1
             self._ble_observe(self.cands[key], r, t, rssi, here)
             z = self._ble_zone(self.cands[key], t, here)
         area = topo.zone_kind[z] == KIND_AREA
-        if tg is not None and tg.zone != z:
-            if tg.state == TAG_IN:
+        queue_exit = not area and role == ROLE_EXIT
+        same = tg is not None and state is not None and tg.zone == z
+        if queue_exit:
+            refresh = same and state == TAG_EXITED
+        else:
+            refresh = same and (state == TAG_IN or (state == TAG_EXITED and role == ROLE_PRESENCE))
+        if tg is not None and refresh:
+            if state == TAG_IN and (area or role == ROLE_PRESENCE) and t > tg.last:
+                if math.isnan(tg.ivl):
+                    tg.ivl, tg.dev = topo.zone_timeout_s[z] / topo.zone_missed_reads[z], 0.0
+                err = t - tg.last - tg.ivl
+                tg.ivl += p.interval_alpha * err
+                tg.dev += p.interval_alpha * (abs(err) - tg.dev)
+            tg.last = t
+            tg.pend_key = -1
+            return
+
+        t0 = t
+        need = int(topo.reader_min_reads[r])
+        if need > 1:
+            pk = topo.n_readers + z if ble_read else r
+            if tg is None:
+                tg = self.tags[key] = _Tag(z, TAG_PENDING, t, t, False)
+            if tg.pend_key == pk and t - tg.pend_t <= topo.zone_timeout_s[z]:
+                tg.pend_n += 1
+            else:
+                tg.pend_key, tg.pend_n, tg.pend_t = pk, 1, t
+            if tg.pend_n < need:
+                if state is None:
+                    tg.state, tg.zone, tg.last = TAG_PENDING, z, t
+                return
+            t0 = tg.pend_t
+        if tg is not None:
+            tg.pend_key = -1
+        if tg is not None and state is not None and tg.zone != z:
+            if state == TAG_IN:
                 if topo.zone_kind[tg.zone] == KIND_AREA:
                     self._depart(tg.zone, tg.last, tg.last - tg.first, DEP_MOVED, False)
                 else:
-                    self._depart(tg.zone, t, math.nan, DEP_MOVED, tg.entry)
-            tg = None
+                    self._depart(tg.zone, t0, math.nan, DEP_MOVED, self._observed(tg))
+            state = None
 
-        if area or role != ROLE_EXIT:
-            if tg is not None and (
-                tg.state == TAG_IN or (tg.state == TAG_EXITED and role == ROLE_PRESENCE)
-            ):
-                tg.last = t
-            else:
-                self.tags[key] = _Tag(z, TAG_IN, t, t, role == ROLE_ENTRY and not area)
-                self.zone_count[z] += 1
-                self.arrivals[z].append(t)
-        elif tg is not None and tg.state == TAG_IN:
+        if not queue_exit:  # a new visit
+            self.tags[key] = _Tag(z, TAG_IN, t0, t, role == ROLE_ENTRY and not area)
+            self.zone_count[z] += 1
+            self.arrivals[z].append(t0)
+        elif tg is not None and state == TAG_IN:
             dur = math.nan
+            entry = self._observed(tg)
             if tg.entry:
-                dur = t - tg.first
+                dur = t0 - tg.first
+                self.min_wait[z] = min(self.min_wait[z], dur)
                 self._fifo_witness(z, tg.first)
-            self._depart(z, t, dur, DEP_EXIT, tg.entry)
+                if entry:
+                    self.rr_seen[z] += 1
+                    if self.rr_seen[z] == p.fifo_witnesses:
+                        self.rr_from[z] = t0
+            self._depart(z, t0, dur, DEP_EXIT, entry)
             tg.state, tg.last = TAG_EXITED, t
-        elif tg is not None:  # already exited: a repeated exit read
-            tg.last = t
-        else:
-            self.departures[z].append((t, math.nan, DEP_EXIT, False))  # seen only at the exit
-            self.tags[key] = _Tag(z, TAG_EXITED, t, t, False)
+        else:  # seen only at the exit
+            self.departures[z].append((t0, math.nan, DEP_EXIT, False))
+            self.tags[key] = _Tag(z, TAG_EXITED, t0, t, False)
+
+    def _observed(self, tg: _Tag) -> bool:
+        """Read at the entry while the engine watched (counts for the read rates)."""
+        return tg.entry and tg.first >= self.obs_start
 
     def _score(self, c: list[float], t: float) -> float:
         p = self.params
@@ -208,20 +296,27 @@ class ReferenceEngine:
         kinds = self.topo.zone_kind
         for key, tg in list(self.tags.items()):
             area = kinds[tg.zone] == KIND_AREA
+            timeout = self.topo.zone_timeout_s[tg.zone]
             if tg.state == TAG_IN:
+                limit = timeout
+                if not math.isnan(tg.ivl):
+                    expected = tg.ivl + IVL_DEV_WEIGHT * tg.dev
+                    limit = min(limit, self.topo.zone_missed_reads[tg.zone] * expected)
                 if not area and tg.first < self.fifo_cutoff[tg.zone]:
                     kind = DEP_FIFO
-                elif now - tg.last > self.topo.zone_timeout_s[tg.zone]:
+                elif now - tg.last > limit:
                     kind = DEP_TIMEOUT
                 else:
                     continue
                 if area:
                     self._depart(tg.zone, tg.last, tg.last - tg.first, kind, False)
                 else:
-                    self._depart(tg.zone, now, math.nan, kind, tg.entry)
+                    self._depart(tg.zone, now, math.nan, kind, self._observed(tg))
                 self._forget(key)
-            elif now - tg.last > self.params.exit_hold_s:
-                self._forget(key)
+            else:  # held after an exit, or short of min_reads
+                hold = self.params.exit_hold_s if tg.state == TAG_EXITED else timeout
+                if now - tg.last > hold:
+                    self._forget(key)
         self.fifo_cutoff = [-math.inf] * len(self.fifo_cutoff)
         return self._metrics(now)
 
@@ -230,7 +325,10 @@ class ReferenceEngine:
         nz = self.topo.n_zones
         out = {name: np.full(nz, np.nan) for name in FLOAT_METRICS}
         method = np.zeros(nz, dtype=np.int8)
+        ql_method = np.zeros(nz, dtype=np.int8)
         samples = np.zeros(nz, dtype=np.int64)
+        gap = (self.t_start, now, self.gap_lo, self.gap_hi)
+        span = rate_span_s(p.rate_window_s, *gap)
         for z in range(nz):
             area = self.topo.zone_kind[z] == KIND_AREA
             deps = self.departures[z]
@@ -241,13 +339,26 @@ class ReferenceEngine:
             )
             # in the order recorded: the last ones are the latest
             durs = [d for t, d, _, _ in deps if t > now - p.window_s and not math.isnan(d)]
-            recent = [(kind, entry) for t, _, kind, entry in deps if t > now - p.read_rate_window_s]
+            # exits in joining_window_s (in the order recorded) and the time between them,
+            # stalls cut to stall_s, up to now: the service rate is (exits - 1) / that time
+            exit_ts = [t for t, _, kind, _ in deps if t > now - p.joining_window_s and kind == DEP_EXIT]
+            served_j, busy, last_exit = len(exit_ts), 0.0, -math.inf
+            for i, t in enumerate(exit_ts):
+                if i > 0:
+                    busy += min(max(0.0, t - last_exit), p.stall_s)
+                last_exit = max(last_exit, t)
+            silence = now - last_exit
+            busy += min(max(0.0, silence), p.stall_s)
+            recent = [
+                (kind, entry)
+                for t, _, kind, entry in deps
+                if t > now - p.read_rate_window_s and (t >= self.rr_from[z] or t <= self.gap_lo)
+            ]
             shortest = min(
                 (d for t, d, _, _ in deps if t > now - p.read_rate_window_s and not math.isnan(d)),
                 default=math.nan,
             )
             arrived = sum(1 for t in self.arrivals[z] if t > now - p.rate_window_s)
-            span = rate_span_s(p.rate_window_s, self.t_start, now)
             arrivals = arrived * 60.0 / span
             throughput = served * 60.0 / span
             count = float(self.zone_count[z])
@@ -273,19 +384,34 @@ class ReferenceEngine:
                 exits = sum(1 for kind, _ in recent if kind == DEP_EXIT)
                 both = sum(1 for kind, entry in recent if kind == DEP_EXIT and entry)
                 missed = sum(1 for kind, entry in recent if kind != DEP_EXIT and entry)
+                rate_out = 1.0
+                ql_method[z] = QL_UNCORRECTED
                 if both >= p.min_recaptures:
-                    p_in, p_out = both / exits, both / (both + missed)
+                    p_in, sd_in, read_rate = read_rate_est(both, exits, p)
+                    p_out, _, rate_out = read_rate_est(both, both + missed, p)
                     out["entry_read_rate"][z] = p_in
+                    out["entry_read_rate_sd"][z] = sd_in
                     out["exit_read_rate"][z] = p_out
-                    arrivals /= max(p_in, p.min_read_rate)
-                    throughput /= max(p_out, p.min_read_rate)
-                    count /= max(p_in, p.min_read_rate)
-                    read_rate = max(p_in, p.min_read_rate)
+                    ql_method[z] = QL_CORRECTED
+                arrivals /= read_rate
+                throughput /= rate_out
+                count /= read_rate
+                out["queue_length_factor"][z] = 1.0 / read_rate
+            else:
+                ql_method[z] = QL_NONE
             out["arrivals_per_min"][z] = arrivals
             out["throughput_per_min"][z] = throughput
             if area:
                 continue
             out["queue_length"][z] = count
+            walk = 0.0 if math.isinf(self.min_wait[z]) else self.min_wait[z]
+            mu_j = (served_j - 1) / busy / rate_out if busy > 0 else 0.0
+            stalled = silence > 2.0 * p.stall_s
+            if count == 0:
+                out["wait_joining_s"][z] = walk
+            elif served_j >= p.min_measured_waits and mu_j > 0 and not stalled:
+                out["wait_joining_s"][z] = max(count / mu_j, walk)
+            # else NaN: no evidence of the service, or a stopped ride
             if len(durs) >= p.min_measured_waits:
                 wait, method[z] = percentile(durs[-p.wait_recent :], 50), METHOD_MEASURED
             elif throughput > 0 and served >= p.min_measured_waits:
@@ -312,8 +438,35 @@ class ReferenceEngine:
             out["wait_forecast_s"][z] = fc
         return ZoneMetrics(
             wait_method=method,
+            queue_length_method=ql_method,
             live_tags=np.array(self.zone_count, dtype=np.int64),
             wait_samples=samples,
             now=now,
             **out,
         )
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """The whole state (deep-copied), with ``format`` and ``fingerprint`` like ZoneEngine's."""
+        state = {k: copy.deepcopy(v) for k, v in vars(self).items() if k not in ("topo", "params")}
+        state["format"] = SNAPSHOT_FORMAT
+        state["fingerprint"] = self._fingerprint
+        return state
+
+    def restore(self, snapshot: dict[str, Any], now: float) -> None:
+        """Same checks and gap accounting as ZoneEngine.restore."""
+        if snapshot.get("format") != SNAPSHOT_FORMAT:
+            raise SnapshotMismatch(f"snapshot format {snapshot.get('format')}")
+        if snapshot.get("fingerprint") != self._fingerprint:
+            raise SnapshotMismatch("snapshot is of another topology or other engine parameters")
+        for k, v in snapshot.items():
+            if k not in ("format", "fingerprint"):
+                setattr(self, k, copy.deepcopy(v))
+        down_from = max(self.now, self.t_seen)
+        if math.isfinite(now) and math.isfinite(down_from) and now > down_from:
+            self.gap_lo, self.gap_hi = down_from, now
+            self.obs_start = now
+            self.rr_from = [math.inf] * self.topo.n_zones
+            self.rr_seen = [0] * self.topo.n_zones
+        if not math.isnan(now):
+            self.now = max(self.now, now)

@@ -4,12 +4,22 @@ One pass over all tag rows (M = max_tags; about 0.1 ms per 100 k rows), in row o
 
 - a tag in queue z whose first read is before z's FIFO cutoff (see history.push_fifo_witness)
   is cleared (DEP_FIFO, no wait);
-- otherwise a tag in zone z unseen for more than ``zone_timeout_s[z]`` (``now - last > timeout``)
-  departs (DEP_TIMEOUT);
+- otherwise a tag in zone z unseen for longer than its own limit departs (DEP_TIMEOUT):
+  ``now - last > min(zone_timeout_s[z], zone_missed_reads[z] * interval)``, where ``interval``
+  is the tag's expected read interval: the EWMA of the intervals between its presence reads
+  in this visit plus IVL_DEV_WEIGHT EWMAs of their absolute deviation (ingest.py; reads at a
+  queue's entry or exit reader give none; the EWMAs start from ``timeout / missed_reads``). A tag with no interval yet keeps the
+  zone timeout: a beacon heard every second leaves a few seconds after it falls silent, a
+  queue tag read once at the entry waits out the long queue timeout;
 - area departures are dated at the last read and record the dwell last - first; queue
   departures without an exit read are dated ``now``, when the missed exit was found (they feed
   only the exit read-rate estimate, which compares them with exits read in the same window);
-- a tag held after a queue exit is forgotten once unseen for more than ``exit_hold_s``.
+- a tag held after a queue exit is forgotten once unseen for more than ``exit_hold_s``;
+- a tag still short of its reader's ``min_reads`` (TAG_PENDING) is forgotten once unseen for
+  more than the zone timeout.
+
+A queue departure counts as read at the entry (``dep_entry``) only if the visit began at or
+after ``obs_start`` (the engine was watching; see engine.ZoneEngine.restore).
 
 Cutoffs are consumed: they are reset to -inf after the pass, so a tag that joins later with an
 older timestamp is cleared only by a new exit.
@@ -20,8 +30,9 @@ from __future__ import annotations
 import numpy as np
 
 from ._jit import jit
-from .codes import DEP_FIFO, DEP_TIMEOUT, TAG_EXITED, TAG_IN
+from .codes import DEP_FIFO, DEP_TIMEOUT, IVL_DEV_WEIGHT, TAG_EXITED, TAG_IN, TAG_PENDING
 from .history import push_departure
+from .ingest import observed_entry
 from .tag_rows import release_row
 from .topology import KIND_AREA
 
@@ -32,6 +43,8 @@ def sweep_departures(
     exit_hold_s: float,
     zone_kind: np.ndarray,
     zone_timeout_s: np.ndarray,
+    zone_missed_reads: np.ndarray,
+    obs_start: float,
     fifo_cutoff: np.ndarray,
     slot_keys: np.ndarray,
     slot_rows: np.ndarray,
@@ -50,6 +63,8 @@ def sweep_departures(
     dep_entry: np.ndarray,
     dep_n: np.ndarray,
     row_entry: np.ndarray,
+    row_ivl: np.ndarray,
+    row_ivl_dev: np.ndarray,
 ) -> None:
     """Apply every departure due at ``now`` (float64 s)."""
     for row in range(row_state.size):
@@ -57,9 +72,14 @@ def sweep_departures(
         if state == TAG_IN:
             z = np.int64(row_zone[row])
             area = zone_kind[z] == KIND_AREA
+            limit = zone_timeout_s[z]
+            if not np.isnan(row_ivl[row]):
+                own = zone_missed_reads[z] * (row_ivl[row] + IVL_DEV_WEIGHT * row_ivl_dev[row])
+                if own < limit:
+                    limit = own
             if not area and row_first[row] < fifo_cutoff[z]:
                 kind = DEP_FIFO
-            elif now - row_last[row] > zone_timeout_s[z]:
+            elif now - row_last[row] > limit:
                 kind = DEP_TIMEOUT
             else:
                 continue
@@ -79,10 +99,19 @@ def sweep_departures(
                     now,
                     np.nan,
                     kind,
-                    row_entry[row],
+                    observed_entry(row_entry[row], row_first[row], obs_start),
                 )
             zone_count[z] -= 1
             release_row(row, slot_keys, slot_rows, shift, row_key, row_state, free_rows, counters)
-        elif state == TAG_EXITED and now - row_last[row] > exit_hold_s:
-            release_row(row, slot_keys, slot_rows, shift, row_key, row_state, free_rows, counters)
+        else:
+            if state == TAG_EXITED:
+                hold = exit_hold_s
+            elif state == TAG_PENDING:
+                hold = zone_timeout_s[row_zone[row]]
+            else:
+                continue
+            if now - row_last[row] > hold:
+                release_row(
+                    row, slot_keys, slot_rows, shift, row_key, row_state, free_rows, counters
+                )
     fifo_cutoff[:] = -np.inf

@@ -41,9 +41,32 @@ from __future__ import annotations
 import numpy as np
 
 from ._jit import jit
-from .codes import DEP_EXIT
+from .codes import (
+    DEP_EXIT,
+    M_ARRIVALS,
+    M_DWELL_P50,
+    M_DWELL_P90,
+    M_ENTRY_READ_RATE,
+    M_ENTRY_READ_RATE_SD,
+    M_EXIT_READ_RATE,
+    M_FORECAST,
+    M_LENGTH_FACTOR,
+    M_OCCUPANCY,
+    M_QUEUE_LENGTH,
+    M_THROUGHPUT,
+    M_WAIT,
+    M_WAIT_JOINING,
+)
 from .queue_order import fifo_frontier
-from .topology import KIND_AREA, METHOD_LITTLE, METHOD_MEASURED, METHOD_NONE
+from .topology import (
+    KIND_AREA,
+    METHOD_LITTLE,
+    METHOD_MEASURED,
+    METHOD_NONE,
+    QL_CORRECTED,
+    QL_NONE,
+    QL_UNCORRECTED,
+)
 
 
 @jit
@@ -106,6 +129,24 @@ def forecast_boarding_wait(
 
 
 @jit
+def read_rate(
+    both: int, seen: int, prior: float, z_sd: float, floor: float
+) -> tuple[float, float, float]:
+    """A read rate from ``both`` of ``seen`` tags recaptured: (estimate, sd, rate to divide by).
+
+    The estimate is shrunk toward 1.0 (no correction) by ``prior`` pseudo-recaptures, which is
+    Chapman's bias correction of Lincoln-Petersen for prior = 1: ``(both + prior) / (seen +
+    prior)``; sd its binomial standard error. A count is divided by the estimate plus ``z_sd``
+    standard errors (capped at 1, floored at ``floor``): the smallest correction the evidence
+    supports, so a few recaptures can never multiply a count.
+    """
+    n = seen + prior
+    p = (both + prior) / n
+    sd = np.sqrt(p * (1.0 - p) / n)
+    return p, sd, max(min(1.0, p + z_sd * sd), floor)
+
+
+@jit
 def zone_metrics(
     now: float,
     window_s: float,
@@ -117,6 +158,11 @@ def zone_metrics(
     min_recaptures: int,
     min_read_rate: float,
     read_rate_window_s: float,
+    read_rate_prior: float,
+    read_rate_z: float,
+    joining_window_s: float,
+    stall_s: float,
+    gap_lo: float,
     zone_kind: np.ndarray,
     zone_count: np.ndarray,
     dep_t: np.ndarray,
@@ -128,21 +174,22 @@ def zone_metrics(
     arr_n: np.ndarray,
     fifo_entry: np.ndarray,
     fifo_n: np.ndarray,
+    rr_from: np.ndarray,
+    min_wait: np.ndarray,
     q_first: np.ndarray,
     q_off: np.ndarray,
     out_f: np.ndarray,
     out_method: np.ndarray,
+    out_ql_method: np.ndarray,
     out_samples: np.ndarray,
 ) -> None:
-    """Fill ``out_f`` (float64[10, Z]), ``out_method`` (int8[Z]) and ``out_samples`` (int64[Z]).
-
-    Rows of out_f, in this order: queue_length, occupancy, wait_s, dwell_p50_s, dwell_p90_s,
-    arrivals_per_min, throughput_per_min, wait_forecast_s, entry_read_rate, exit_read_rate.
-    """
+    """Fill ``out_f`` (float64[N_FLOAT_METRICS, Z], rows codes.M_*), ``out_method`` and
+    ``out_ql_method`` (int8[Z]) and ``out_samples`` (int64[Z])."""
     per_min = 60.0 / rate_span_s  # shorter than the window early in a run (engine.rate_span_s)
     rate_lo = now - rate_window_s
     win_lo = now - window_s
     read_rate_lo = now - read_rate_window_s
+    join_lo = now - joining_window_s
     cap = dep_t.shape[1]
     out_f[:] = np.nan
     buf = np.empty(cap, dtype=np.float64)
@@ -150,8 +197,11 @@ def zone_metrics(
         area = zone_kind[z] == KIND_AREA
         n_dep = min(dep_n[z], cap)
         served = 0
+        served_j = 0  # exits read in joining_window_s
+        busy = 0.0  # ... the time between them the queue was serving (stalls cut to stall_s)
+        last_exit = -np.inf
         m = 0
-        exits = 0  # exits read, in read_rate_window_s
+        exits = 0  # exits read, in read_rate_window_s (see rr_from)
         both = 0  # ... whose visit was also read at the entry
         missed = 0  # entry-read visits that left without an exit read, in read_rate_window_s
         shortest = np.nan  # shortest measured wait in read_rate_window_s
@@ -161,6 +211,11 @@ def zone_metrics(
             kind = dep_kind[z, k]
             if t > rate_lo and (area or kind == DEP_EXIT):
                 served += 1
+            if t > join_lo and kind == DEP_EXIT:
+                if served_j > 0:
+                    busy += min(max(0.0, t - last_exit), stall_s)
+                served_j += 1
+                last_exit = max(last_exit, t)
             if t > win_lo:
                 d = dep_dur[z, k]
                 if not np.isnan(d):
@@ -170,11 +225,14 @@ def zone_metrics(
                 d = dep_dur[z, k]
                 if not np.isnan(d) and not d >= shortest:  # shortest may still be NaN
                     shortest = d
-                if kind == DEP_EXIT:
-                    exits += 1
-                    both += dep_entry[z, k]
-                else:
-                    missed += dep_entry[z, k]
+                if t >= rr_from[z] or t <= gap_lo:
+                    if kind == DEP_EXIT:
+                        exits += 1
+                        both += dep_entry[z, k]
+                    else:
+                        missed += dep_entry[z, k]
+        silence = now - last_exit  # since the latest exit (inf if none in the window)
+        busy += min(max(0.0, silence), stall_s)
         arrived = 0
         for k in range(min(arr_n[z], arr_t.shape[1])):
             if arr_t[z, k] > rate_lo:
@@ -182,33 +240,42 @@ def zone_metrics(
         arrivals = arrived * per_min
         throughput = served * per_min
         count = np.float64(zone_count[z])
-        out_f[1, z] = count
+        out_f[M_OCCUPANCY, z] = count
         line = q_first[q_off[z] : q_off[z + 1]]
         out_samples[z] = m
         if m > 0:
-            out_f[3, z] = np.percentile(buf[:m], 50.0)
-            out_f[4, z] = np.percentile(buf[:m], 90.0)
+            out_f[M_DWELL_P50, z] = np.percentile(buf[:m], 50.0)
+            out_f[M_DWELL_P90, z] = np.percentile(buf[:m], 90.0)
         if area:
-            out_f[5, z] = arrivals
-            out_f[6, z] = throughput
+            out_f[M_ARRIVALS, z] = arrivals
+            out_f[M_THROUGHPUT, z] = throughput
             out_method[z] = METHOD_NONE
+            out_ql_method[z] = QL_NONE
             continue
         # Queueing: the tags at or after the FIFO frontier (older ones have boarded unread).
         line = line[np.searchsorted(line, fifo_frontier(fifo_entry, fifo_n, z)) :]
         count = np.float64(line.size)
-        read_rate = 1.0
+        rate_in = 1.0
+        rate_out = 1.0
+        out_ql_method[z] = QL_UNCORRECTED
         if both >= min_recaptures:
-            p_in = both / exits
-            p_out = both / (both + missed)
-            out_f[8, z] = p_in
-            out_f[9, z] = p_out
-            arrivals /= max(p_in, min_read_rate)
-            throughput /= max(p_out, min_read_rate)
-            count /= max(p_in, min_read_rate)
-            read_rate = max(p_in, min_read_rate)
-        out_f[0, z] = count
-        out_f[5, z] = arrivals
-        out_f[6, z] = throughput
+            p_in, sd_in, rate_in = read_rate(
+                both, exits, read_rate_prior, read_rate_z, min_read_rate
+            )
+            p_out, _, rate_out = read_rate(
+                both, both + missed, read_rate_prior, read_rate_z, min_read_rate
+            )
+            out_f[M_ENTRY_READ_RATE, z] = p_in
+            out_f[M_ENTRY_READ_RATE_SD, z] = sd_in
+            out_f[M_EXIT_READ_RATE, z] = p_out
+            out_ql_method[z] = QL_CORRECTED
+        arrivals /= rate_in
+        throughput /= rate_out
+        count /= rate_in
+        out_f[M_LENGTH_FACTOR, z] = 1.0 / rate_in
+        out_f[M_QUEUE_LENGTH, z] = count
+        out_f[M_ARRIVALS, z] = arrivals
+        out_f[M_THROUGHPUT, z] = throughput
         if m >= min_measured:
             # the latest waits: the guests boarding now (the window's median lags a ramp)
             wait = float(np.percentile(buf[m - min(m, wait_recent) : m], 50.0))
@@ -224,13 +291,40 @@ def zone_metrics(
         else:
             wait = np.nan
             method = METHOD_NONE
-        out_f[2, z] = wait
+        out_f[M_WAIT, z] = wait
         out_method[z] = method
+        service = (served_j - 1) / busy / rate_out if busy > 0.0 else 0.0
+        out_f[M_WAIT_JOINING, z] = joining_wait(
+            count, service, served_j, min_measured, min_wait[z], silence > 2.0 * stall_s
+        )
         if rate_span_s < rate_window_s:
             # a fresh engine: rates over a part-window are biased by the line filling up
             # (arrivals counted from the first one, exits only once guests reach the exit)
             continue
-        out_f[7, z] = forecast_boarding_wait(
-            now, wait, count, arrivals / 60.0, throughput / 60.0, horizon_s, read_rate, line,
+        out_f[M_FORECAST, z] = forecast_boarding_wait(
+            now, wait, count, arrivals / 60.0, throughput / 60.0, horizon_s, rate_in, line,
             shortest,
         )
+
+
+@jit
+def joining_wait(
+    queue_len: float,
+    service_per_s: float,
+    served: int,
+    min_measured: int,
+    shortest_s: float,
+    stalled: bool,
+) -> float:
+    """Wait (s) of a guest joining the line now: the guests ahead of them (``queue_len``,
+    corrected) at the service rate (guests/s, corrected), but at least ``shortest_s`` (the
+    shortest wait ever measured: the walk of an empty line; inf: none). An empty line waits the walk (0 if never measured).
+    NaN without evidence of service: fewer than ``min_measured`` exits read, or ``stalled``
+    (the exit reader has been silent for over twice ``stall_s``: a stopped ride, whose wait
+    depends on when it restarts)."""
+    walk = 0.0 if np.isinf(shortest_s) else shortest_s
+    if queue_len == 0.0:
+        return walk
+    if served >= min_measured and service_per_s > 0.0 and not stalled:
+        return max(queue_len / service_per_s, walk)
+    return np.nan
