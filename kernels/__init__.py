@@ -2,16 +2,17 @@
 
 Public API (see README.md in this package for semantics):
 
-- codes: ROLE_*, KIND_*, METHOD_*
+- codes: ROLE_*, KIND_*, METHOD_*, QL_*
 - Topology: readers and zones as arrays
-- ZoneEngine: the compiled engine; ZoneMetrics: what ``tick`` returns
+- ZoneEngine: the compiled engine; ZoneMetrics: what ``tick`` returns; SnapshotMismatch:
+  what ``ZoneEngine.restore`` raises for a snapshot it cannot take
 - ReferenceEngine: the plain-Python twin used as the test oracle
 
 numba reads ``NUMBA_CACHE_DIR`` when it is first imported: set it before importing this
 package if compiled kernels should be cached somewhere other than next to the sources.
 """
 
-from .engine import EngineParams, ZoneEngine, ZoneMetrics
+from .engine import SNAPSHOT_FORMAT, EngineParams, SnapshotMismatch, ZoneEngine, ZoneMetrics
 from .reference import ReferenceEngine
 from .topology import (
     KIND_AREA,
@@ -19,6 +20,9 @@ from .topology import (
     METHOD_LITTLE,
     METHOD_MEASURED,
     METHOD_NONE,
+    QL_CORRECTED,
+    QL_NONE,
+    QL_UNCORRECTED,
     ROLE_ENTRY,
     ROLE_EXIT,
     ROLE_PRESENCE,
@@ -31,11 +35,16 @@ __all__ = [
     "METHOD_LITTLE",
     "METHOD_MEASURED",
     "METHOD_NONE",
+    "QL_CORRECTED",
+    "QL_NONE",
+    "QL_UNCORRECTED",
     "ROLE_ENTRY",
     "ROLE_EXIT",
     "ROLE_PRESENCE",
+    "SNAPSHOT_FORMAT",
     "EngineParams",
     "ReferenceEngine",
+    "SnapshotMismatch",
     "Topology",
     "ZoneEngine",
     "ZoneMetrics",

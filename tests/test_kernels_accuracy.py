@@ -8,11 +8,13 @@ ground truth of the simulation (not with the reference twin).
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from kernels import (
     KIND_AREA,
     KIND_QUEUE,
     METHOD_MEASURED,
+    QL_CORRECTED,
     ROLE_ENTRY,
     ROLE_EXIT,
     ROLE_PRESENCE,
@@ -164,3 +166,72 @@ def test_reference_agrees_on_the_queue_simulation() -> None:
     for (_, a), (_, b) in zip(fast, slow, strict=True):
         for name, got in a.arrays().items():
             np.testing.assert_allclose(got, b.arrays()[name], rtol=1e-12, equal_nan=True)
+
+
+def test_wait_joining_predicts_the_wait_of_a_guest_joining_now() -> None:
+    # The line builds (8/min against ~6/min): the guests boarding now joined long ago, so
+    # wait_s lags the wait of a guest walking up; wait_joining_s reads it off the line.
+    rng = np.random.default_rng(3)
+    reads, arrive, leave, wait = simulate_queue(rng, p_entry=0.8, p_exit=0.85)
+    ticks = run_queue(ZoneEngine(QUEUE, max_tags=4096, fifo_slack_s=60.0), reads, 90 * 60)
+    joining, boarding, truth = [], [], []
+    for now, m in ticks:
+        nxt = np.searchsorted(arrive, now)
+        if now < 20 * 60 or nxt >= arrive.size:
+            continue
+        truth.append(wait[nxt])  # the next guest to join
+        joining.append(m.wait_joining_s[0])
+        boarding.append(m.wait_s[0])
+    t, j, b = np.array(truth), np.array(joining), np.array(boarding)
+    assert np.isfinite(j).all()
+    err_j = np.abs(j - t).sum() / t.sum()
+    err_b = np.abs(b - t).sum() / t.sum()
+    assert err_j < 0.10, err_j
+    assert err_j < err_b / 2, (err_j, err_b)
+
+
+def test_a_crowd_already_queueing_at_start_is_not_read_as_missed_entries() -> None:
+    # 95 % readers; the engine starts an hour into a building line (~120 guests queueing
+    # unread at the entry). Their exits come first and look like missed entry reads; counted,
+    # they would drive the entry read rate toward 0 and multiply the line.
+    rng = np.random.default_rng(8)
+    reads, arrive, leave, _ = simulate_queue(rng, p_entry=0.95, p_exit=0.95, minutes=120)
+    t0 = 60 * 60
+    late = [r for r in reads if r[0] >= t0]
+    engine = ZoneEngine(QUEUE, max_tags=4096, fifo_slack_s=60.0)
+    engine.tick(float(t0))
+    ql, occ, true = [], [], []
+    for now, m in run_queue(engine, late, until=120 * 60):
+        if now <= t0:
+            continue
+        true.append(np.sum((arrive <= now) & (leave > now)))
+        ql.append(m.queue_length[0])
+        occ.append(m.occupancy[0])
+    q, o, tr = np.array(ql), np.array(occ), np.array(true, dtype=float)
+    assert (q <= 1.1 * tr).all(), (q / tr).max()
+    assert np.abs(q - tr).mean() <= np.abs(o - tr).mean() + 0.02 * tr.mean()
+    last = engine.tick(120 * 60.0)
+    assert last.queue_length_method[0] == QL_CORRECTED
+    assert abs(last.entry_read_rate[0] - 0.95) < 0.04 and last.entry_read_rate_sd[0] < 0.03
+    assert 1.0 <= last.queue_length_factor[0] < 1 / 0.9
+
+
+def test_few_recaptures_shrink_the_correction_toward_none() -> None:
+    e = ZoneEngine(QUEUE, max_tags=4096, min_recaptures=2, min_measured_waits=1)
+    e.tick(0.0)
+    # 4 guests read at both ends, 4 more only at the exit. Exits count from the 3rd measured
+    # one (fifo_witnesses: the guests leaving from then on entered while the engine watched),
+    # so 2 of 6 exits were read at the entry: the raw rate says 1/3 (x3)
+    reads = [(float(i), i, 0) for i in range(1, 5)]
+    reads += [(100.0 + i, i, 1) for i in range(1, 9)]
+    e.ingest(*(np.array(c, dtype=d) for c, d in zip(zip(*reads, strict=True),
+                                                     (float, np.uint64, np.int32), strict=True)))
+    e.ingest(np.array([200.0, 201.0]), np.array([20, 21], np.uint64), np.array([0, 0], np.int32))
+    m = e.tick(202.0)
+    assert m.queue_length_method[0] == QL_CORRECTED
+    # (2 + 10) / (6 + 10) = 0.75, plus one standard error (0.11): a factor ~1.17, not 3
+    assert m.entry_read_rate[0] == pytest.approx(0.75)
+    assert m.entry_read_rate_sd[0] == pytest.approx((0.75 * 0.25 / 16) ** 0.5)
+    assert 1.0 < m.queue_length_factor[0] < 1.2
+    assert m.queue_length[0] == pytest.approx(2 * m.queue_length_factor[0])
+    assert m.queue_length[0] < m.occupancy[0] * 1.2

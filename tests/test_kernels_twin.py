@@ -3,7 +3,9 @@
 Streams mix every reader role and zone kind, RFID reads and BLE adverts (RSSI), a small tag pool (so tags revisit, move between
 zones and collide in the hash table), a table small enough to evict, out-of-order reads
 within a batch, late reads, backward and forward clock steps, NaN timestamps, tag 0 and
-unknown readers, and empty batches.
+unknown readers, and empty batches. Topologies draw per-reader RSSI floors and min_reads and
+per-zone missed-read limits; runs are checkpointed and restored into fresh engines, with and
+without a gap.
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ def random_topology(draw: st.DrawFn) -> Topology:
         reader_role=column(st.sampled_from([ROLE_PRESENCE, ROLE_ENTRY, ROLE_EXIT]), n_readers),
         zone_kind=column(st.sampled_from([KIND_QUEUE, KIND_AREA]), n_zones),
         zone_timeout_s=column(st.sampled_from([3.0, 10.0, 40.0]), n_zones),
+        reader_rssi_floor=column(st.sampled_from([-np.inf, -np.inf, -70.0]), n_readers),
+        reader_min_reads=column(st.sampled_from([1, 1, 2, 3]), n_readers),
+        zone_missed_reads=column(st.sampled_from([1.0, 4.0]), n_zones),
     )
 
 
@@ -105,6 +110,11 @@ def scenario(draw: st.DrawFn) -> dict[str, Any]:
         "ble_margin_db": draw(st.sampled_from([0.0, 5.0])),
         "ble_min_reads": draw(st.integers(1, 3)),
         "ble_candidates": draw(st.integers(1, 3)),
+        "read_rate_prior": draw(st.sampled_from([1.0, 10.0])),
+        "read_rate_z": draw(st.sampled_from([0.0, 1.0])),
+        "joining_window_s": draw(st.sampled_from([20.0, 600.0])),
+        "stall_s": draw(st.sampled_from([2.0, 60.0])),
+        "interval_alpha": draw(st.sampled_from([0.25, 1.0])),
     }
     steps = draw(
         st.lists(
@@ -113,6 +123,8 @@ def scenario(draw: st.DrawFn) -> dict[str, Any]:
                 # how far the clock moves before the batch: mostly forward, sometimes a step back
                 st.one_of(offsets, st.integers(min_value=-40, max_value=40).map(float)),
                 st.booleans(),  # tick after the batch?
+                # then checkpoint and restore into fresh engines? (None: no; else the gap, s)
+                st.one_of(st.none(), st.none(), st.none(), st.sampled_from([0.0, 5.0, 60.0])),
             ),
             max_size=12,
         )
@@ -134,7 +146,7 @@ def test_engine_matches_reference(sc: dict[str, Any]) -> None:
     fast = ZoneEngine(sc["topo"], **sc["params"])
     ref = ReferenceEngine(sc["topo"], **sc["params"])
     clock = 1000.0
-    for reads, advance, tick in sc["steps"]:
+    for reads, advance, tick, restart in sc["steps"]:
         clock += advance
         ts = np.array([clock + off for off, _, _, _ in reads], dtype=np.float64)
         tag = np.array([k for _, k, _, _ in reads], dtype=np.uint64)
@@ -143,8 +155,16 @@ def test_engine_matches_reference(sc: dict[str, Any]) -> None:
         fast.ingest(ts, tag, reader, rssi)
         ref.ingest(ts, tag, reader, rssi)
         assert (fast.reads, fast.bad_reads) == (ref.reads, ref.bad_reads)
+        assert fast.filtered_reads == ref.filtered_reads
         assert (fast.live_tags, fast.evictions) == (ref.live_tags, ref.evictions)
         if tick:
             assert_same(fast.tick(clock + 1.0), ref.tick(clock + 1.0))
+        if restart is not None:
+            snap_fast, snap_ref = fast.snapshot(), ref.snapshot()
+            fast = ZoneEngine(sc["topo"], **sc["params"])
+            ref = ReferenceEngine(sc["topo"], **sc["params"])
+            clock += restart
+            fast.restore(snap_fast, clock)
+            ref.restore(snap_ref, clock)
     assert_same(fast.tick(clock + 100.0), ref.tick(clock + 100.0))
     assert fast.live_tags == ref.live_tags
