@@ -241,6 +241,11 @@ class Config:
         return Path(self.storage.numba_cache_dir) if self.storage.numba_cache_dir else (
             self.db_path.parent / "numba-cache")
 
+    @property
+    def checkpoint_path(self) -> Path:
+        """Where the engine's checkpoint lives: beside the database."""
+        return self.db_path.parent / "checkpoint.npz"
+
     def zone(self, zone_id: str) -> ZoneConfig:
         for z in self.zones:
             if z.id == zone_id:

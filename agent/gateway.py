@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 
 from agent import __version__
+from agent.checkpoint import Checkpoint, CheckpointError
+from agent.checkpoint import fingerprint as config_fingerprint
 from agent.config import Config, ReaderConfig, ZoneConfig
 from agent.moments import MomentEvent, MomentRules
 from agent.privacy import Pseudonymizer
@@ -225,6 +227,7 @@ class GatewayCore:
         self.started_at = started_at
         self.dropped_unknown = 0
         self.ticks = 0
+        self.last_step = -math.inf  # ``now`` of the latest step
 
     # -- warm-up ------------------------------------------------------------------------
     def warm_up(self, now: float) -> None:
@@ -316,7 +319,29 @@ class GatewayCore:
         for ev in events:
             messages.extend(self._moment_messages(ev, values.get(ev.zone, {}), offset))
         self.ticks += 1
+        self.last_step = now
         return StepResult(now=now, messages=messages, values=values, events=events, metrics=m)
+
+    # -- checkpoints --------------------------------------------------------------------
+    def checkpoint(self) -> Checkpoint:
+        """The state a restart must not forget: the engine's and the open moments'."""
+        return Checkpoint(taken_at=self.last_step,
+                          engine=self.engine.snapshot(),
+                          moments=self.moments.rules.snapshot(),
+                          fingerprint=config_fingerprint(self.cfg))
+
+    def restore(self, cp: Checkpoint, now: float) -> int:
+        """Resume from ``cp`` at ``now``: the engine accounts for the time it was down (tags
+        whose timeout passed in the gap leave at the next tick; rates know the gap had no
+        observations) and open moments keep their ``moment_id``. Returns the open moments
+        resumed. Raises :class:`CheckpointError` (nothing changed) if it does not fit."""
+        from kernels.engine import SnapshotMismatch
+
+        try:
+            self.engine.restore(cp.engine, now)
+        except (SnapshotMismatch, KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"the engine state does not fit: {e}") from None
+        return self.moments.rules.restore(cp.moments)
 
     # -- payloads -----------------------------------------------------------------------
     def _state_message(self, at: float, z: ZoneConfig, v: Mapping[str, float],

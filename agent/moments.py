@@ -111,6 +111,34 @@ class ThresholdRule:
             return self._event("updated", now, value)
         return None
 
+    # -- checkpoints ----------------------------------------------------------------------
+    @property
+    def key(self) -> str:
+        """Stable name of the rule across restarts: ``kind/zone[/reader]``."""
+        return "/".join(x for x in (self.kind, self.zone, self.reader) if x)
+
+    def snapshot(self) -> dict[str, Any] | None:
+        """The lifecycle state worth keeping over a restart (None when idle and quiet)."""
+        if not self.is_open and not math.isfinite(self._cooldown_until):
+            return None
+        return {"moment_id": self.moment_id, "opened_at": self.opened_at,
+                "last_value": _json_float(self._last_published_value),
+                "last_at": self._last_published_at,
+                "cooldown_until": _json_float(self._cooldown_until)}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Resume from :meth:`snapshot`: an open moment keeps its ``moment_id`` and is
+        resolved normally later; pending timers start again (the gap is no evidence)."""
+        mid = state.get("moment_id")
+        self.moment_id = str(mid) if mid else None
+        self.opened_at = float(state.get("opened_at") or 0.0)
+        last = state.get("last_value")
+        self._last_published_value = math.nan if last is None else float(last)
+        self._last_published_at = float(state.get("last_at") or 0.0)
+        cool = state.get("cooldown_until")
+        self._cooldown_until = -math.inf if cool is None else float(cool)
+        self._pending_since = None
+
     def _event(self, status: str, now: float, value: float) -> MomentEvent:
         assert self.moment_id is not None
         self._last_published_value, self._last_published_at = value, now
@@ -118,6 +146,10 @@ class ThresholdRule:
                            moment_id=self.moment_id, opened_at=self.opened_at, at=now,
                            value=value, open_level=self.open_level,
                            clear_level=self.clear_level, unit=self.unit, reader=self.reader)
+
+
+def _json_float(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 # The zone metrics each kind watches. Values are read from a mapping per zone.
@@ -172,6 +204,29 @@ class MomentRules:
             if ev:
                 events.append(ev)
         return events
+
+    def _all(self) -> list[ThresholdRule]:
+        return [r for _, r in self._zone_rules] + list(self._reader_rules.values())
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Open moments and cooldowns by rule key (JSON-safe), for checkpoints."""
+        out = {}
+        for r in self._all():
+            st = r.snapshot()
+            if st is not None:
+                out[r.key] = st
+        return out
+
+    def restore(self, states: Mapping[str, Mapping[str, Any]]) -> int:
+        """Resume rules from :meth:`snapshot`; rules no longer configured are ignored.
+        Returns how many open moments were resumed."""
+        resumed = 0
+        for r in self._all():
+            st = states.get(r.key)
+            if isinstance(st, Mapping):
+                r.restore(st)
+                resumed += r.is_open
+        return resumed
 
     def open_moments(self) -> list[ThresholdRule]:
         return [r for _, r in self._zone_rules if r.is_open] + [

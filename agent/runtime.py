@@ -25,6 +25,7 @@ from typing import Any
 from agent.config import Config
 from agent.outbox import Outbox, OutboxFullError
 from agent.privacy import load_or_create_key
+from agent.sdnotify import Notifier
 from agent.topics import SCHEMA_HEALTH, Topics
 from firmware_bridge.records import RawRead
 
@@ -96,6 +97,49 @@ class Agent:
 
         self.core = GatewayCore(cfg, key=key, started_at=self.wall())
         self.core.warm_up(self.clock())
+        self._restore_checkpoint()
+        self._checkpoint_task: asyncio.Future[int] | None = None
+
+    # ------------------------------------------------------------------ checkpoints
+    def _restore_checkpoint(self) -> None:
+        """Resume the queue from the last checkpoint, or say why the agent starts empty."""
+        if self.cfg.storage.checkpoint_interval_s <= 0:
+            return
+        from agent import checkpoint
+
+        path = self.cfg.checkpoint_path
+        cp, why = checkpoint.load(path, checkpoint.fingerprint(self.cfg))
+        if cp is None:
+            if why != "no checkpoint":
+                log.warning("%s; starting with an empty engine", why)
+            return
+        now = self.clock()
+        try:
+            resumed = self.core.restore(cp, now)
+        except checkpoint.CheckpointError as e:
+            log.warning("checkpoint %s: %s; starting with an empty engine", path, e)
+            return
+        log.info("restored checkpoint %s: %d tags, %d open moments, down for %.0f s",
+                 path, self.core.engine.live_tags, resumed, max(0.0, now - cp.taken_at))
+
+    def _checkpoint(self, *, wait: bool = False) -> None:
+        """Snapshot now (on the loop: a copy of the arrays), write in a worker thread."""
+        from agent import checkpoint
+
+        if self._checkpoint_task is not None and not self._checkpoint_task.done():
+            return  # the previous write is still going: skip this one
+        cp = self.core.checkpoint()
+        path = self.cfg.checkpoint_path
+        if wait or self._loop is None:
+            checkpoint.save(path, cp)
+            return
+        self._checkpoint_task = self._loop.run_in_executor(None, checkpoint.save, path, cp)
+        self._checkpoint_task.add_done_callback(self._checkpoint_done)
+
+    def _checkpoint_done(self, fut: asyncio.Future[int]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            log.error("checkpoint %s: cannot write it (%s)", self.cfg.checkpoint_path,
+                      fut.exception())
 
     @property
     def topics(self) -> Topics:
@@ -199,11 +243,14 @@ class Agent:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        self.notifier = Notifier()
         self.publisher = self._make_publisher()
         pub_task = asyncio.create_task(self.publisher.run(), name="publisher")
         await self._start_sources()
         tick_s = self.cfg.gateway.tick_s
         next_health = time.monotonic() + self.cfg.gateway.health_interval_s
+        cp_every = self.cfg.storage.checkpoint_interval_s
+        next_checkpoint = time.monotonic() + cp_every
         next_tick = time.monotonic()  # the first tick at once: state is published at start-up
         log.info("gateway %s of venue %s running: %d readers, %d zones, broker %s",
                  self.cfg.gateway.id, self.cfg.venue.id, len(self.cfg.readers),
@@ -225,11 +272,16 @@ class Agent:
                     # Benchmarks read this line to measure start-up (bench/).
                     log.info("first tick %.3f s after the agent was created",
                              time.monotonic() - self._created_mono)
+                    self.notifier.ready(f"gateway {self.cfg.gateway.id} running")
+                self.notifier.ping(mono)
                 if mono >= next_health:
                     next_health = mono + self.cfg.gateway.health_interval_s
                     self.publisher.publish_volatile(self.topics.health, json.dumps(
                         self.topics.envelope(SCHEMA_HEALTH, self.wall(),
                                              **self.health())).encode())
+                if cp_every > 0 and mono >= next_checkpoint:
+                    next_checkpoint = mono + cp_every
+                    self._checkpoint()
                 self.publisher.kick()
                 if pub_task.done():
                     pub_task.result()  # a publisher that died surfaces its error here
@@ -238,11 +290,19 @@ class Agent:
 
     async def _shutdown(self, pub_task: asyncio.Task[None]) -> None:
         log.info("stopping")
+        self.notifier.stopping()
         for src in self._sources:
             try:
                 await src.stop()
             except Exception as e:  # noqa: BLE001 - shutting down anyway
                 log.warning("reader %s stop: %s", src.reader_id, e)
+        if self.cfg.storage.checkpoint_interval_s > 0 and self.ticks:
+            if self._checkpoint_task is not None:
+                await asyncio.wait([self._checkpoint_task])
+            try:
+                self._checkpoint(wait=True)  # a clean stop resumes exactly where it was
+            except OSError as e:
+                log.error("checkpoint %s: cannot write it (%s)", self.cfg.checkpoint_path, e)
         try:
             await asyncio.wait_for(self.publisher.stop(), 10.0)
         except TimeoutError:
