@@ -78,6 +78,9 @@ MOMENT_CONTEXT = ("queue_length", "occupancy", "wait_s", "wait_joining_s", "wait
 STAND_DOWN_KINDS = ("queue_long", "queue_rising", "zone_crowded", "reader_down")
 
 
+_NAN = float("nan")
+
+
 def clean_float(x: float | None, ndigits: int = 2) -> float | None:
     """A JSON-safe number: None for NaN, inf or missing; else rounded."""
     return None if x is None or not math.isfinite(x) else round(float(x), ndigits)
@@ -246,13 +249,15 @@ class GatewayCore:
             n = sum(1 for _ in reads)
             self.dropped_unknown += n
             return 0
-        n = 0
-        idx, buf, pseudo = st.index, self.buffer, self.pseudonym
+        pseudo = self.pseudonym
+        tags, rssi = [], []
         for rd in reads:
-            buf.append(ts, pseudo(rd.protocol, rd.tag_id), idx, rd.rssi_dbm)
-            n += 1
-        st.reads += n
+            tags.append(pseudo(rd.protocol, rd.tag_id))
+            rssi.append(_NAN if rd.rssi_dbm is None else rd.rssi_dbm)
+        n = len(tags)
         if n:
+            self.buffer.append_batch(ts, tags, st.index, rssi)
+            st.reads += n
             st.last_read_ts = ts
         return n
 

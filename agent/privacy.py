@@ -71,18 +71,21 @@ class Pseudonymizer:
         if len(key) < 16:
             raise ValueError("pseudonym key must be at least 16 bytes")
         self._key = key
-        self._cache: dict[tuple[str, bytes], int] = {}
+        # One cache per protocol, keyed by the raw id alone: no tuple to build per read.
+        self._cache: dict[str, dict[bytes, int]] = {}
         self._cache_size = cache_size
 
     def __call__(self, protocol: str, tag_id: bytes) -> int:
-        k = (protocol, tag_id)
-        p = self._cache.get(k)
+        cache = self._cache.get(protocol)
+        if cache is None:
+            cache = self._cache[protocol] = {}
+        p = cache.get(tag_id)
         if p is None:
             digest = hmac.new(self._key, protocol.encode() + b":" + tag_id,
                               hashlib.sha256).digest()
             # 0 marks an empty slot in the kernels' hash table.
             p = int.from_bytes(digest[:8], "little") or 1
-            if len(self._cache) >= self._cache_size:
-                self._cache.clear()
-            self._cache[k] = p
+            if len(cache) >= self._cache_size:
+                cache.clear()
+            cache[tag_id] = p
         return p
