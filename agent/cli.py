@@ -12,7 +12,8 @@ import signal
 import sys
 from pathlib import Path
 
-from agent.config import ConfigError, load_config, to_toml
+from agent.config import LOG_LEVELS, ConfigError, load_config, to_toml
+from firmware_bridge.protocols import PROTOCOL_NAMES
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("run", help="run the gateway (systemd runs this)")
     s.add_argument("--config", required=True, help="gateway config (TOML)")
-    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--log-level", choices=LOG_LEVELS)
     s.add_argument("--duration", type=float, default=0.0,
                    help="stop after this many seconds (0: run until SIGTERM)")
     s.set_defaults(func=cmd_run)
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workdir", help="keep the demo's files here (default: a temp dir)")
     s.add_argument("--no-console", action="store_true", help="no live view (logs only)")
     s.add_argument("--log-level", default="warning",
-                   choices=["debug", "info", "warning", "error"])
+                   choices=LOG_LEVELS)
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("simulate", help="only the virtual readers, for testing a real agent")
@@ -152,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--truth", help="write ground truth as JSON lines to this file")
     s.add_argument("--seed", type=int, default=7)
     s.add_argument("--duration", type=float, default=None)
-    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     s.set_defaults(func=cmd_simulate)
 
     s = sub.add_parser("watch", help="dispatch console for staff")
@@ -163,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_watch)
 
     s = sub.add_parser("decode", help="reader bytes (stdin or --port) -> JSON lines")
-    s.add_argument("--protocol", required=True, choices=["em4100", "uhf-m100", "pn532", "ble"])
+    s.add_argument("--protocol", required=True, choices=PROTOCOL_NAMES)
     s.add_argument("--port", help="read from this pyserial URL instead of stdin")
     s.set_defaults(func=cmd_decode)
 

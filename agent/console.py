@@ -21,6 +21,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.publisher import BrokerSettings
+from agent.topics import Topics
 
 CLEAR = "\x1b[H\x1b[2J"
 
@@ -104,9 +105,7 @@ def watch(broker_url: str, venue: str, *, team: str | None = None, duration_s: f
     client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
     if where.tls:
         client.tls_set()
-    topics = [f"venue/{venue}/zone/+/state", f"venue/{venue}/gateway/+/status",
-              f"venue/{venue}/moment/#", f"venue/{venue}/nudge/#",
-              f"venue/{venue}/dispatch/{team}" if team else f"venue/{venue}/dispatch/#"]
+    topics = Topics(venue).console_filters(team)
 
     def on_connect(c: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any = None) -> None:
         if not rc.is_failure:

@@ -34,10 +34,13 @@ SEQ_GUARANTEED = "guaranteed"
 SEQ_STATE = "state"
 
 
-class Topics:
-    """Topic names for one gateway."""
+ANY = "+"  # one topic level, any value (subscriptions only)
 
-    def __init__(self, venue: str, gateway: str) -> None:
+
+class Topics:
+    """Topic names for one gateway (or, with ``gateway=ANY``, filters over a venue's)."""
+
+    def __init__(self, venue: str, gateway: str = ANY) -> None:
         self.venue, self.gateway = venue, gateway
         self.prefix = f"venue/{venue}"
 
@@ -60,6 +63,13 @@ class Topics:
 
     def nudge(self, zone: str) -> str:
         return f"{self.prefix}/nudge/{zone}"
+
+    def console_filters(self, team: str | None = None) -> list[str]:
+        """What a staff console subscribes to: every zone's state, every gateway's status,
+        every moment and nudge, and the dispatches of ``team`` (all teams when None)."""
+        return [self.zone_state(ANY), f"{self.prefix}/gateway/{ANY}/status",
+                f"{self.prefix}/moment/#", f"{self.prefix}/nudge/#",
+                self.dispatch(team if team else "#")]
 
     def envelope(self, schema: str, at: float, **body: Any) -> dict[str, Any]:
         """A payload with the fields every message carries, then ``body``."""
