@@ -55,8 +55,10 @@ from firmware_bridge.records import RawRead
 ROLE_NAMES = ("presence", "entry", "exit")
 KIND_NAMES = ("queue", "area")
 
-# The names zone state publishes for the kernels' METHOD_* codes (filled on first use).
+# The names zone state publishes for the kernels' METHOD_* and QL_* codes (filled on first
+# use, from the kernels' own codes).
 WAIT_METHOD_NAMES: dict[int, str] = {}
+QUEUE_METHOD_NAMES: dict[int, str] = {}
 
 # What a zone-state payload carries from the kernels' metrics, with its rounding: one row per
 # published field. Adding a metric to zone state is one line here (and the docs).
@@ -131,6 +133,9 @@ def engine_for(cfg: Config, *, max_tags: int | None = None) -> Any:
         WAIT_METHOD_NAMES.update({kernels.METHOD_NONE: "none",
                                   kernels.METHOD_MEASURED: "measured",
                                   kernels.METHOD_LITTLE: "littles_law"})
+        QUEUE_METHOD_NAMES.update({kernels.QL_NONE: "none",
+                                   kernels.QL_UNCORRECTED: "as_read",
+                                   kernels.QL_CORRECTED: "read_rate_corrected"})
     return kernels.ZoneEngine(topology_for(cfg), **engine_params(cfg, max_tags=max_tags))
 
 
@@ -319,7 +324,8 @@ class GatewayCore:
         offline = {rid: (now - st.offline_since) if st.offline_since is not None else 0.0
                    for rid, st in self.readers.items()}
         values, events = self.moments.decide(now, metrics, offline)
-        messages = [self._state_message(now + offset, z, values[z.id], int(m.wait_method[i]))
+        messages = [self._state_message(now + offset, z, values[z.id], int(m.wait_method[i]),
+                                        int(m.queue_length_method[i]))
                     for i, z in enumerate(self.cfg.zones)]
         for ev in events:
             messages.extend(self._moment_messages(ev, values.get(ev.zone, {}), offset))
@@ -350,7 +356,7 @@ class GatewayCore:
 
     # -- payloads -----------------------------------------------------------------------
     def _state_message(self, at: float, z: ZoneConfig, v: Mapping[str, float],
-                       method: int) -> Outgoing:
+                       method: int, queue_method: int) -> Outgoing:
         body: dict[str, Any] = {"zone": z.id, "kind": z.kind, "capacity": z.capacity or None}
         for name, nd in STATE_FIELDS:
             if name == "queue_length" and z.kind != "queue":
@@ -358,6 +364,9 @@ class GatewayCore:
             elif name in v:
                 body[name] = clean_float(v[name], nd)
         body["wait_method"] = WAIT_METHOD_NAMES.get(method)
+        if z.kind == "queue":
+            body["queue_length_method"] = QUEUE_METHOD_NAMES.get(queue_method)
+            body["queue_length_factor"] = clean_float(v.get("queue_length_factor"), 3)
         body["readers_online"] = sum(1 for st in self.readers.values()
                                      if st.config.zone == z.id and st.online)
         topic = self.topics.zone_state(z.id)
