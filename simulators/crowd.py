@@ -10,24 +10,39 @@ The model is deliberately simple and exact, so that the truth is beyond dispute:
   reader); that interval is their wait.
 * **Area zones.** Guests walk in as a Poisson process and stay for a lognormal dwell time;
   walk-ins that find the zone at ``capacity`` are turned away (counted, never present).
+* **Roaming guests.** A :class:`RoamingFlow` lets guests wander a group of area zones: each
+  stays a lognormal dwell in one zone, then moves on to another zone of the group (instantly)
+  or leaves. Every stay is one visit; the visits of one guest share the guest's tag.
 * **Readers.** An ``entry`` reader reads each guest when they arrive, an ``exit`` reader when
   they leave, a ``presence`` reader every ``presence_period_s`` while they are there. Each
   read succeeds independently with the reader's ``read_prob``; successful reads may be late
-  by up to ``jitter_s`` and repeated (a band lingering on the antenna), and a reader may pick
-  up stray tags of passers-by that belong to no visit.
+  by up to ``jitter_s``, repeated (a band lingering on the antenna, or held there for
+  seconds), lost or delivered late in a burst while the reader's line is down (outages), and
+  a reader may pick up stray tags of passers-by that belong to no visit.
+* **BLE adapters.** Zones may have a floor plan (``SimZone.area_m``, a rectangle in m); a
+  roaming guest stands at a uniform random spot of their zone and picks a new one every
+  ``wander_s``. A presence reader with a :class:`BleRadio` (an adapter at a point of the
+  plan) hears each advert of every roaming guest's band, in its own zone or any other, with
+  probability ``read_prob``, at an RSSI from log-distance path loss over the real distance
+  plus Gaussian noise; an advert weaker than the adapter's sensitivity is not heard. A band
+  advertises every ``advert_interval_s`` (its own, drawn per guest) while its guest is in
+  the group.
+* **Started late.** With ``warmup_s`` the crowd has been moving for that long when the agent
+  (and the reads) start at t = 0: guests already queueing were read at the entry before the
+  agent was there, which the agent never sees; the truth counts them.
 
-Every visit is a distinct guest with a distinct EM4100 tag (5 bytes, version byte first),
-kept as the 40-bit big-endian integer in a ``uint64``. All times are simulated seconds from
-the start of the simulation. One ``seed`` fixes everything; each zone and reader draws from its
-own child stream, so adding a reader does not change the guests of another zone.
+Every guest has a distinct tag (an EM4100 tag for serial readers: 5 bytes, version byte
+first), kept as the 40-bit big-endian integer in a ``uint64``. All times are simulated seconds
+from the start of the agent (t = 0). One ``seed`` fixes everything; each zone and reader draws
+from its own child stream, so adding a reader does not change the guests of another zone.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, replace
+from typing import Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -39,13 +54,26 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 #: One tag read: time (simulated s), reader index into ``Layout.readers``, tag (40-bit EM4100
-#: data as an integer) and the index of the visit it belongs to in ``Simulation.visits``
-#: (-1 for a stray read of a passer-by).
-READ_DTYPE = np.dtype([("ts", "f8"), ("reader", "i4"), ("tag", "u8"), ("visit", "i8")])
+#: data as an integer), the index of the visit it belongs to in ``Simulation.visits`` (-1 for a
+#: stray read of a passer-by; for a BLE adapter, the visit of the zone the guest is in, which
+#: may be a neighbouring zone) and the RSSI in dBm (float32; NaN for RFID readers).
+READ_DTYPE = np.dtype([("ts", "f8"), ("reader", "i4"), ("tag", "u8"), ("visit", "i8"),
+                       ("rssi", "f4")])
 
 #: One guest's visit to one zone: zone index into ``Layout.zones``, tag, arrival and leave
-#: time (simulated s; ``inf`` when the guest is still there when the simulation ends).
-VISIT_DTYPE = np.dtype([("zone", "i4"), ("tag", "u8"), ("arrive_ts", "f8"), ("leave_ts", "f8")])
+#: time (simulated s; ``inf`` when the guest is still there when the simulation ends; arrival
+#: before 0 when the guest came during the warm-up) and the guest (index; a roaming guest's
+#: visits share it and the tag).
+VISIT_DTYPE = np.dtype([("zone", "i4"), ("tag", "u8"), ("arrive_ts", "f8"), ("leave_ts", "f8"),
+                        ("guest", "i8")])
+
+#: One visit that ended within the run (``Simulation.departures``): the visit's index, guest,
+#: tag, arrival and leave time (s), the latest read of the visit stamped before it ended
+#: (``last_read_ts``; NaN when no reader ever picked the visit up) and the zone the guest
+#: went on to (``next_zone``, index into ``Layout.zones``; -1 when they left the venue).
+DEPARTURE_DTYPE = np.dtype([("visit", "i8"), ("guest", "i8"), ("tag", "u8"),
+                            ("arrive_ts", "f8"), ("leave_ts", "f8"), ("last_read_ts", "f8"),
+                            ("next_zone", "i4")])
 
 _TAG_BITS = 40
 
@@ -60,24 +88,73 @@ _QUEUE_PRESENCE_S = 5.0
 
 @dataclass(frozen=True, slots=True)
 class SimZone:
-    """A zone of the simulated venue. ``capacity`` is in guests (enforced for area zones)."""
+    """A zone of the simulated venue. ``capacity`` is in guests (enforced for area zones).
+    ``area_m``: the zone's floor, ``(x0, y0, x1, y1)`` in m, where BLE adapters hear guests."""
 
     id: str
     kind: ZoneKind
     capacity: int
+    area_m: tuple[float, float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.area_m is not None and not (
+                self.area_m[0] < self.area_m[2] and self.area_m[1] < self.area_m[3]):
+            raise ValueError(f"zone {self.id}: area_m must be (x0, y0, x1, y1), x0 < x1, y0 < y1")
+
+
+@dataclass(frozen=True, slots=True)
+class BleRadio:
+    """How a BLE adapter (a presence reader) hears wristbands.
+
+    RSSI (dBm, rounded to whole dB as BlueZ reports it) = ``tx_power_dbm`` (the RSSI at 1 m)
+    - 10 · ``path_loss_exp`` · log10(distance in m) + Gaussian noise of ``sigma_db``, the
+    distance from the adapter at ``position_m`` (x, y, height; default: the centre of its
+    zone's ``area_m``, 3 m up) to the band (1 m up); adverts below ``sensitivity_dbm`` are not
+    heard.
+    """
+
+    tx_power_dbm: float = -59.0
+    path_loss_exp: float = 2.5
+    sigma_db: float = 5.0
+    sensitivity_dbm: float = -98.0
+    position_m: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.sigma_db < 0 or self.path_loss_exp <= 0:
+            raise ValueError("BleRadio: sigma_db >= 0 and path_loss_exp > 0 required")
+
+    def rssi(self, distance_m: FloatArray, rng: np.random.Generator) -> FloatArray:
+        """One RSSI reading (dBm, whole dB) per distance."""
+        mean = self.tx_power_dbm - 10.0 * self.path_loss_exp * np.log10(
+            np.maximum(distance_m, 0.1))
+        return np.asarray(np.round(mean + rng.normal(0.0, self.sigma_db, len(distance_m))),
+                          dtype=np.float64)
+
+
+_BAND_HEIGHT_M = 1.0
+_ADAPTER_HEIGHT_M = 3.0
 
 
 @dataclass(frozen=True, slots=True)
 class SimReader:
     """A simulated wristband reader.
 
-    read_prob: probability that one passage (or one presence period) yields a read.
+    read_prob: probability that one passage (or one presence period, or one BLE advert)
+        yields a read.
     jitter_s: each successful read is late by a uniform 0..jitter_s seconds.
     dup_prob: after each read, probability of one more read of the same band (repeatedly, so
         the number of extra reads is geometric with mean dup_prob / (1 - dup_prob)).
     dup_gap_s: seconds between such repeated reads (RDM6300-class readers repeat a lingering
         card every few hundred ms).
+    hold_prob: probability that a guest holds the band at the reader after a read: the reader
+        then repeats it every ``dup_gap_s`` for a uniform ``hold_s`` seconds.
     stray_rate_hz: reads per second of tags that belong to no visit (bands of passers-by).
+    outage_every_s: mean up-time (exponential) between line outages; 0: no outages. An outage
+        lasts a uniform ``outage_s`` seconds (``Simulation.outages``); each read falling in
+        one is kept in the reader's buffer with probability ``outage_buffer_prob`` and
+        delivered in a burst within ``outage_burst_s`` after the line is back, else lost.
+    ble: the adapter's radio (protocol ``ble``, presence readers only; given by default for
+        protocol ``ble``). Jitter, repeats and holds do not apply to adverts.
     """
 
     id: str
@@ -89,6 +166,13 @@ class SimReader:
     dup_prob: float = 0.0
     dup_gap_s: float = 0.3
     stray_rate_hz: float = 0.0
+    hold_prob: float = 0.0
+    hold_s: tuple[float, float] = (2.0, 20.0)
+    outage_every_s: float = 0.0
+    outage_s: tuple[float, float] = (10.0, 60.0)
+    outage_buffer_prob: float = 0.0
+    outage_burst_s: float = 1.0
+    ble: BleRadio | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.read_prob <= 1.0:
@@ -97,6 +181,23 @@ class SimReader:
             raise ValueError(f"reader {self.id}: dup_prob must be in [0, 1)")
         if self.jitter_s < 0 or self.dup_gap_s <= 0 or self.stray_rate_hz < 0:
             raise ValueError(f"reader {self.id}: jitter_s, stray_rate_hz >= 0, dup_gap_s > 0")
+        if not 0.0 <= self.hold_prob <= 1.0 or not 0.0 <= self.outage_buffer_prob <= 1.0:
+            raise ValueError(f"reader {self.id}: hold_prob, outage_buffer_prob in [0, 1]")
+        for name in ("hold_s", "outage_s"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"reader {self.id}: {name} must be (lo, hi), 0 < lo <= hi")
+        if self.outage_every_s < 0 or self.outage_burst_s < 0:
+            raise ValueError(f"reader {self.id}: outage_every_s, outage_burst_s >= 0")
+        if self.protocol == "ble" and self.ble is None:
+            object.__setattr__(self, "ble", BleRadio())
+        if self.ble is not None:
+            if self.protocol != "ble" or self.role != "presence":
+                raise ValueError(f"reader {self.id}: a BLE radio is a presence reader with "
+                                 "protocol 'ble'")
+            if self.jitter_s or self.dup_prob or self.hold_prob:
+                raise ValueError(f"reader {self.id}: jitter, repeats and holds do not apply "
+                                 "to BLE adverts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +215,19 @@ class Layout:
         for r in self.readers:
             if r.zone not in zone_ids:
                 raise ValueError(f"reader {r.id}: unknown zone {r.zone!r}")
+            if r.ble is not None and r.ble.position_m is None and (
+                    self.zones[zone_ids.index(r.zone)].area_m is None):
+                raise ValueError(f"reader {r.id}: a BLE adapter needs position_m or its "
+                                 "zone's area_m")
+
+    def adapter_position(self, reader: SimReader) -> tuple[float, float, float]:
+        """Where a BLE adapter is (x, y, height in m)."""
+        assert reader.ble is not None
+        if reader.ble.position_m is not None:
+            return reader.ble.position_m
+        area = self.zone(reader.zone).area_m
+        assert area is not None
+        return ((area[0] + area[2]) / 2, (area[1] + area[3]) / 2, _ADAPTER_HEIGHT_M)
 
     def zone(self, zone_id: str) -> SimZone:
         return self.zones[self.zone_index(zone_id)]
@@ -168,6 +282,10 @@ class RateSchedule:
         ts = np.array([p[0] for p in self.points], dtype=np.float64)
         rs = np.array([p[1] for p in self.points], dtype=np.float64)
         return np.asarray(np.interp(np.asarray(t, dtype=np.float64), ts, rs), dtype=np.float64)
+
+    def shifted(self, dt_s: float) -> RateSchedule:
+        """The same rate ``dt_s`` seconds later (knots moved by ``dt_s``)."""
+        return RateSchedule(tuple((float(t) + dt_s, float(r)) for t, r in self.points))
 
     def on(self, duration_s: float) -> _Cumulative:
         """The cumulative integral of this rate over ``[0, duration_s]``."""
@@ -278,7 +396,50 @@ class AreaFlow:
             raise ValueError("AreaFlow: dwell_median_s > 0, dwell_sigma >= 0, period > 0")
 
 
-Flow = QueueFlow | AreaFlow
+@dataclass(frozen=True, slots=True)
+class RoamingFlow:
+    """Guests who wander a group of area zones (keyed in ``flows`` by any name).
+
+    zones: the area zones of the group (no other flow may cover them; capacity not enforced).
+    arrivals: guests/s coming into the group.
+    first_zone: weights of the zone a guest goes to first (empty: equal weights).
+    dwell_median_s, dwell_sigma: each stay in a zone is lognormal, as in :class:`AreaFlow`.
+    move_prob: after each stay, the probability that the guest moves on to another zone of the
+        group (uniformly among the others, with no time in between) rather than leaving.
+    presence_period_s: how often an RFID presence reader gets a chance to read a guest.
+    advert_interval_s: each guest's BLE band advertises every ``u`` s, ``u`` drawn uniformly
+        in this range per guest (at a random phase), while the guest is in the group.
+    wander_s: a guest moves to a new uniform random spot of the zone's ``area_m`` this often.
+    """
+
+    zones: tuple[str, ...]
+    arrivals: RateSchedule
+    dwell_median_s: float
+    dwell_sigma: float = 0.6
+    move_prob: float = 0.5
+    first_zone: tuple[float, ...] = ()
+    presence_period_s: float = 5.0
+    advert_interval_s: tuple[float, float] = (0.3, 1.0)
+    wander_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.wander_s <= 0:
+            raise ValueError("RoamingFlow: wander_s must be > 0")
+        if not self.zones or len(set(self.zones)) != len(self.zones):
+            raise ValueError("RoamingFlow: zones must be distinct and not empty")
+        if self.dwell_median_s <= 0 or self.dwell_sigma < 0 or self.presence_period_s <= 0:
+            raise ValueError("RoamingFlow: dwell_median_s > 0, dwell_sigma >= 0, period > 0")
+        if not 0.0 <= self.move_prob < 1.0:
+            raise ValueError("RoamingFlow: move_prob must be in [0, 1)")
+        if self.first_zone and (len(self.first_zone) != len(self.zones)
+                                or min(self.first_zone) < 0 or sum(self.first_zone) <= 0):
+            raise ValueError("RoamingFlow: first_zone needs one weight >= 0 per zone")
+        lo, hi = self.advert_interval_s
+        if not 0 < lo <= hi:
+            raise ValueError("RoamingFlow: advert_interval_s must be (lo, hi), 0 < lo <= hi")
+
+
+Flow = QueueFlow | AreaFlow | RoamingFlow
 
 
 # --------------------------------------------------------------------------------------------
@@ -380,6 +541,57 @@ def _simulate_area(
     return arrive, leave, truth, int((~admitted).sum())
 
 
+@dataclass(frozen=True, slots=True)
+class _Roamers:
+    """The stays of one roaming group (one row per stay, in guest then stay order)."""
+
+    zone: IntArray  # index into the group's zones
+    guest: IntArray  # index of the guest within the group
+    arrive: FloatArray
+    leave: FloatArray  # inf: still there at the end
+    advert_ivl: FloatArray  # per guest (s)
+    advert_phase: FloatArray  # per guest (s, in [0, ivl))
+
+
+_MAX_STAYS = 64
+
+
+def _simulate_roaming(flow: RoamingFlow, duration_s: float, rng: np.random.Generator) -> _Roamers:
+    walk_in = poisson_times(flow.arrivals, duration_s, rng)
+    n, m = len(walk_in), len(flow.zones)
+    if m > 1 and flow.move_prob > 0:
+        stays = np.minimum(rng.geometric(1.0 - flow.move_prob, n), _MAX_STAYS).astype(np.int64)
+    else:
+        stays = np.ones(n, dtype=np.int64)
+    total = int(stays.sum())
+    dwell = rng.lognormal(np.log(flow.dwell_median_s), flow.dwell_sigma, total)
+    weights = np.asarray(flow.first_zone or (1.0,) * m, dtype=np.float64)
+    first = rng.choice(m, size=n, p=weights / weights.sum())
+    hop = rng.integers(1, m, size=total) if m > 1 else np.zeros(total, dtype=np.int64)
+    guest = np.repeat(np.arange(n, dtype=np.int64), stays)
+    start_of = np.cumsum(stays) - stays  # index of each guest's first stay
+    is_first = np.zeros(total, dtype=bool)
+    is_first[start_of] = True
+    hop[is_first] = 0
+    # Zone of stay j: the first zone plus the hops so far (mod m), so never the same twice.
+    hops = np.cumsum(hop)
+    zone = (first[guest] + hops - hops[start_of][guest]) % m
+    # Stay boundaries: each stay ends where the next begins (exactly: one is the other).
+    ends_cum = np.cumsum(dwell)
+    base = (ends_cum - dwell)[start_of][guest]
+    leave = walk_in[guest] + (ends_cum - base)
+    arrive = np.empty(total, dtype=np.float64)
+    arrive[1:] = leave[:-1]
+    arrive[is_first] = walk_in
+    keep = arrive < duration_s
+    leave[leave >= duration_s] = np.inf
+    lo, hi = flow.advert_interval_s
+    ivl = rng.uniform(lo, hi, n)
+    phase = rng.uniform(0.0, 1.0, n) * ivl
+    return _Roamers(zone[keep].astype(np.int64), guest[keep], arrive[keep], leave[keep], ivl,
+                    phase)
+
+
 # --------------------------------------------------------------------------------------------
 # Reads
 
@@ -392,7 +604,7 @@ def _read_events(
     duration_s: float,
     rng: np.random.Generator,
 ) -> tuple[FloatArray, IntArray]:
-    """Times and visit indices (within the zone) of one reader's successful reads."""
+    """Times and visit indices (within the zone) of one RFID reader's successful reads."""
     n = len(arrive)
     visit = np.arange(n, dtype=np.int64)
     if reader.role == "entry":
@@ -413,15 +625,117 @@ def _read_events(
     ts, visit = ts[hit], visit[hit]
     if reader.jitter_s > 0:
         ts = ts + rng.uniform(0.0, reader.jitter_s, len(ts))
+    if reader.hold_prob > 0:
+        held = rng.random(len(ts)) < reader.hold_prob
+        hold_s = rng.uniform(reader.hold_s[0], reader.hold_s[1], len(ts))
+        extra = np.where(held, np.floor(hold_s / reader.dup_gap_s), 0).astype(np.int64)
+        ts, visit = _repeat_reads(ts, visit, extra, reader.dup_gap_s)
     if reader.dup_prob > 0:
         extra = rng.geometric(1.0 - reader.dup_prob, len(ts)) - 1
-        base = np.repeat(np.arange(len(ts)), extra + 1)
-        first = np.cumsum(extra + 1) - (extra + 1)
-        nth = np.arange(len(base)) - np.repeat(first, extra + 1)
-        ts = ts[base] + nth * reader.dup_gap_s
-        visit = visit[base]
+        ts, visit = _repeat_reads(ts, visit, extra, reader.dup_gap_s)
     keep = ts < duration_s
     return ts[keep], visit[keep]
+
+
+def _repeat_reads(
+    ts: FloatArray, visit: IntArray, extra: IntArray, gap_s: float
+) -> tuple[FloatArray, IntArray]:
+    """Each read followed by ``extra`` more of the same band, ``gap_s`` apart."""
+    base = np.repeat(np.arange(len(ts)), extra + 1)
+    first = np.cumsum(extra + 1) - (extra + 1)
+    nth = np.arange(len(base)) - np.repeat(first, extra + 1)
+    return ts[base] + nth * gap_s, visit[base]
+
+
+@dataclass(frozen=True, slots=True)
+class _Spots:
+    """Where roaming guests stand: visit ``i`` spends ``[arrive + k·wander, ...)`` at spot
+    ``first[i] + k`` (x, y in m); visits outside a floor plan have none (count 0)."""
+
+    wander_s: FloatArray  # per visit
+    first: IntArray  # per visit
+    count: IntArray  # per visit
+    xy: FloatArray  # (n, 2)
+
+
+def _draw_spots(visits: np.ndarray, layout: Layout, wander_s: FloatArray, duration_s: float,
+                rng: np.random.Generator) -> _Spots:
+    area = np.array([z.area_m if z.area_m is not None else (0.0, 0.0, 0.0, 0.0)
+                     for z in layout.zones], dtype=np.float64).reshape(-1, 4)
+    has = np.array([z.area_m is not None for z in layout.zones], dtype=bool)
+    end = np.minimum(visits["leave_ts"], duration_s)
+    stay = np.maximum(end - visits["arrive_ts"], 0.0)
+    count = np.where(has[visits["zone"]] & np.isfinite(wander_s),
+                     np.floor(stay / np.where(np.isfinite(wander_s), wander_s, 1.0)) + 1, 0
+                     ).astype(np.int64)
+    first = np.cumsum(count) - count
+    zone = np.repeat(visits["zone"], count)
+    u = rng.random((len(zone), 2))
+    xy = area[zone, :2] + u * (area[zone, 2:] - area[zone, :2])
+    return _Spots(wander_s, first, count, xy)
+
+
+def _ble_events(
+    reader: SimReader,
+    radio: BleRadio,
+    where: tuple[float, float, float],
+    visits: np.ndarray,
+    spots: _Spots,
+    ivl: FloatArray,
+    phase: FloatArray,
+    duration_s: float,
+    rng: np.random.Generator,
+) -> tuple[FloatArray, IntArray, FloatArray]:
+    """Times, visit indices and RSSI (dBm) of the adverts one BLE adapter at ``where`` hears,
+    of the visits with spots. ``ivl``, ``phase``: each visit's band's advert interval and
+    phase (s)."""
+    arrive = visits["arrive_ts"]
+    end = np.minimum(visits["leave_ts"], duration_s)
+    # The band's adverts are at phase + k * ivl; those within [arrive, end) belong to the visit.
+    safe_ivl = np.where(spots.count > 0, ivl, 1.0)
+    k0 = np.ceil((arrive - phase) / safe_ivl).astype(np.int64)
+    k1 = np.ceil((end - phase) / safe_ivl).astype(np.int64)
+    counts = np.where(spots.count > 0, np.maximum(k1 - k0, 0), 0)
+    idx = np.repeat(np.arange(len(visits), dtype=np.int64), counts)
+    first = np.cumsum(counts) - counts
+    k = k0[idx] + np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(first, counts)
+    ts = phase[idx] + k * ivl[idx]
+    heard = rng.random(len(ts)) < reader.read_prob
+    seg = np.minimum(np.floor((ts - arrive[idx]) / spots.wander_s[idx]).astype(np.int64),
+                     spots.count[idx] - 1)
+    xy = spots.xy[spots.first[idx] + np.maximum(seg, 0)]
+    dist = np.sqrt((xy[:, 0] - where[0]) ** 2 + (xy[:, 1] - where[1]) ** 2
+                   + (where[2] - _BAND_HEIGHT_M) ** 2)
+    rssi = radio.rssi(dist, rng)
+    ok = heard & (rssi >= radio.sensitivity_dbm) & (ts < duration_s)
+    return ts[ok], idx[ok], rssi[ok]
+
+
+def _outage_windows(reader: SimReader, duration_s: float, rng: np.random.Generator) -> FloatArray:
+    """(start, end) of each line outage of a reader in ``[0, duration_s)``, shape (n, 2)."""
+    out: list[tuple[float, float]] = []
+    t = float(rng.exponential(reader.outage_every_s))
+    while t < duration_s:
+        d = float(rng.uniform(reader.outage_s[0], reader.outage_s[1]))
+        out.append((t, min(t + d, duration_s)))
+        t += d + float(rng.exponential(reader.outage_every_s))
+    return np.array(out, dtype=np.float64).reshape(-1, 2)
+
+
+def _through_outages(
+    rec: np.ndarray, windows: FloatArray, reader: SimReader, rng: np.random.Generator
+) -> np.ndarray:
+    """The reads (``READ_DTYPE``) that get through a reader's outages: a read stamped during
+    one is lost, or (``outage_buffer_prob``) delivered within ``outage_burst_s`` after it."""
+    if len(windows) == 0 or len(rec) == 0:
+        return rec
+    w = np.searchsorted(windows[:, 0], rec["ts"], side="right") - 1
+    inside = (w >= 0) & (rec["ts"] < windows[np.maximum(w, 0), 1])
+    kept = rng.random(len(rec)) < reader.outage_buffer_prob
+    late = windows[np.maximum(w, 0), 1] + rng.uniform(0.0, reader.outage_burst_s, len(rec))
+    out = rec.copy()
+    out["ts"] = np.where(inside, late, rec["ts"])
+    return out[~inside | kept]
 
 
 def unique_tags(n: int, rng: np.random.Generator) -> npt.NDArray[np.uint64]:
@@ -449,9 +763,12 @@ def tag_bytes(tag: int | np.integer) -> bytes:
 class Simulation:
     """A simulated run: the reads readers produce and the ground truth behind them.
 
-    reads: ``READ_DTYPE`` records sorted by ``ts`` (ties by reader index).
-    visits: ``VISIT_DTYPE`` records, one per admitted guest visit.
+    reads: ``READ_DTYPE`` records sorted by ``ts`` (ties by reader index), all in
+        ``[0, duration_s)``.
+    visits: ``VISIT_DTYPE`` records, one per admitted guest visit, by zone then arrival.
     refused: per area zone, walk-ins turned away at capacity.
+    outages: per reader with outages, their (start, end) s, shape (n, 2).
+    warmup_s: how long the crowd had been moving before t = 0 (see ``simulate``).
     """
 
     layout: Layout
@@ -460,6 +777,8 @@ class Simulation:
     visits: np.ndarray
     refused: dict[str, int]
     _truth: dict[str, _ZoneTruth]
+    outages: dict[str, FloatArray] = field(default_factory=dict)
+    warmup_s: float = 0.0
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -468,13 +787,44 @@ class Simulation:
         return self.reads[self.reads["reader"] == self.layout.reader_index(reader_id)]
 
     def read_schedule(self, reader_id: str) -> list[tuple[float, bytes]]:
-        """``(ts, 5 tag bytes)`` of one reader in time order: what a virtual reader sends."""
+        """``(ts, 5 tag bytes)`` of one reader in time order: what a virtual serial reader
+        sends (EM4100 readers; BLE adapters hear adverts, which this does not encode)."""
         r = self.reads_for(reader_id)
         return [(float(t), tag_bytes(g)) for t, g in zip(r["ts"], r["tag"], strict=True)]
 
     def visits_in(self, zone_id: str) -> np.ndarray:
         """The visits (``VISIT_DTYPE``) of one zone, in arrival order."""
         return self.visits[self.visits["zone"] == self.layout.zone_index(zone_id)]
+
+    def departures(self, zone_id: str) -> np.ndarray:
+        """The visits to one zone that ended within the run (``DEPARTURE_DTYPE``), in leave
+        order: when each guest really left the zone, the latest read of the visit stamped
+        before then (by any reader: a BLE adapter of a neighbouring zone too; NaN when never
+        read), and where the guest went next (-1: out of the venue)."""
+        zi = self.layout.zone_index(zone_id)
+        v = self.visits
+        ended = np.flatnonzero((v["zone"] == zi) & np.isfinite(v["leave_ts"]))
+        ended = ended[np.argsort(v["leave_ts"][ended], kind="stable")]
+        out = np.zeros(len(ended), dtype=DEPARTURE_DTYPE)
+        out["visit"] = ended
+        for name in ("guest", "tag", "arrive_ts", "leave_ts"):
+            out[name] = v[name][ended]
+        # Latest read of each visit stamped before its end.
+        r = self.reads
+        own = r["visit"] >= 0
+        rv = r["visit"][own]
+        before = r["ts"][own] < v["leave_ts"][rv]
+        last = np.full(len(v), -np.inf)
+        np.maximum.at(last, rv[before], r["ts"][own][before])
+        out["last_read_ts"] = np.where(np.isfinite(last[ended]), last[ended], np.nan)
+        # The guest's next visit starts exactly when this one ends.
+        order = np.lexsort((v["arrive_ts"], v["guest"]))
+        nxt = np.full(len(v), -1, dtype=np.int32)
+        same = (v["guest"][order[1:]] == v["guest"][order[:-1]]) & (
+            v["arrive_ts"][order[1:]] == v["leave_ts"][order[:-1]])
+        nxt[order[:-1][same]] = v["zone"][order[1:][same]]
+        out["next_zone"] = nxt[ended]
+        return out
 
     # -- ground truth (t: simulated s, scalar or array; results have t's shape) -----------
 
@@ -580,57 +930,152 @@ def _rate_per_min(sorted_ts: FloatArray, t: FloatArray, window_s: float) -> Floa
     return np.asarray(n * (60.0 / window_s), dtype=np.float64)
 
 
+def _roaming_groups(layout: Layout, flows: Mapping[str, Flow]) -> list[RoamingFlow]:
+    """The roaming flows of ``flows`` (in their order), checked against the layout."""
+    groups = [f for f in flows.values() if isinstance(f, RoamingFlow)]
+    covered: set[str] = set()
+    for g in groups:
+        for zid in g.zones:
+            if layout.zone(zid).kind != "area":
+                raise ValueError(f"RoamingFlow: zone {zid!r} is not an area zone")
+            if zid in covered or not isinstance(flows.get(zid, g), RoamingFlow):
+                raise ValueError(f"zone {zid!r} has more than one flow")
+            covered.add(zid)
+    for r in layout.readers:
+        if r.ble is not None and r.zone not in covered:
+            raise ValueError(f"reader {r.id}: BLE adapters hear roaming guests only; zone "
+                             f"{r.zone!r} has no RoamingFlow")
+    return groups
+
+
+_F = TypeVar("_F", QueueFlow, AreaFlow, RoamingFlow)
+
+
+def _shift_flow(flow: _F, dt_s: float) -> _F:
+    """The flow with its schedules ``dt_s`` seconds later."""
+    if dt_s == 0:
+        return flow
+    if isinstance(flow, QueueFlow):
+        return replace(flow, arrivals=flow.arrivals.shifted(dt_s),
+                       service=flow.service.shifted(dt_s))
+    return replace(flow, arrivals=flow.arrivals.shifted(dt_s))
+
+
+def _shift_truth(zt: _ZoneTruth, dt_s: float) -> _ZoneTruth:
+    if dt_s == 0:
+        return zt
+    return replace(zt, arrive_sorted=zt.arrive_sorted - dt_s, leave_sorted=zt.leave_sorted - dt_s,
+                   seats=None if zt.seats is None else zt.seats - dt_s)
+
+
 def simulate(
     layout: Layout,
     flows: Mapping[str, Flow],
     duration_s: float,
     *,
     seed: int,
+    warmup_s: float = 0.0,
 ) -> Simulation:
     """Run the crowd model for ``duration_s`` simulated seconds.
 
     ``flows`` maps each zone id to its :class:`QueueFlow` (queue zones) or :class:`AreaFlow`
-    (area zones); a zone without a flow stays empty.
+    (area zones), and any other name to a :class:`RoamingFlow` (a group of area zones); a zone
+    without a flow stays empty.
+
+    ``warmup_s``: the crowd starts ``warmup_s`` seconds before t = 0 (schedules are in the
+    agent's time: their values before 0 apply to the warm-up). Reads stamped before 0 are
+    lost (nobody was listening); visits may arrive before 0, and the truth counts them.
     """
     if duration_s <= 0:
         raise ValueError("duration_s must be > 0")
+    if not (np.isfinite(warmup_s) and warmup_s >= 0):
+        raise ValueError("warmup_s must be finite and >= 0")
+    groups = _roaming_groups(layout, flows)
+    # Internally the run spans [0, horizon); times are shifted back by warmup_s at the end.
+    horizon = float(duration_s) + warmup_s
     root = np.random.SeedSequence(seed)
     zone_seeds = root.spawn(len(layout.zones))
     reader_seeds = root.spawn(len(layout.readers))
     tag_rng = np.random.default_rng(root.spawn(1)[0])
+    group_seeds = root.spawn(len(groups))  # after the others: their streams stay as they were
+    spot_seed = root.spawn(1)[0] if groups else None
 
-    visits_parts: list[tuple[int, FloatArray, FloatArray]] = []
+    # zone index -> (arrive, leave, provisional guest key) in arrival order
+    empty = np.zeros(0, dtype=np.float64)
+    per_zone: dict[int, tuple[FloatArray, FloatArray, IntArray]] = {}
     truth: dict[str, _ZoneTruth] = {}
     refused: dict[str, int] = {}
+    roam_of: dict[int, RoamingFlow] = {}  # zone index -> its roaming flow
+    band_ivl: list[FloatArray] = []
+    band_phase: list[FloatArray] = []
+    n_plain = 0  # provisional guest keys: plain visits first, then roaming guests
     for zi, zone in enumerate(layout.zones):
         rng = np.random.default_rng(zone_seeds[zi])
         flow = flows.get(zone.id)
-        empty = np.zeros(0, dtype=np.float64)
+        if isinstance(flow, RoamingFlow):
+            continue
+        zt: _ZoneTruth
         if flow is None:
             arrive, leave, zt = empty, empty, _ZoneTruth(empty, empty, empty)
         elif isinstance(flow, QueueFlow):
             if zone.kind != "queue":
                 raise ValueError(f"zone {zone.id!r} is an area zone but has a QueueFlow")
-            arrive, leave, zt = _simulate_queue(flow, duration_s, rng)
+            arrive, leave, zt = _simulate_queue(_shift_flow(flow, warmup_s), horizon, rng)
         else:
             if zone.kind != "area":
                 raise ValueError(f"zone {zone.id!r} is a queue zone but has an AreaFlow")
             arrive, leave, zt, refused[zone.id] = _simulate_area(
-                flow, zone.capacity, duration_s, rng)
+                _shift_flow(flow, warmup_s), zone.capacity, horizon, rng)
         truth[zone.id] = zt
-        visits_parts.append((zi, arrive, leave))
+        per_zone[zi] = (arrive, leave, np.arange(n_plain, n_plain + len(arrive)))
+        n_plain += len(arrive)
+    key_base = n_plain
+    for gi, g in enumerate(groups):
+        ro = _simulate_roaming(_shift_flow(g, warmup_s), horizon,
+                               np.random.default_rng(group_seeds[gi]))
+        for k, zid in enumerate(g.zones):
+            zi = layout.zone_index(zid)
+            roam_of[zi] = g
+            mine = np.flatnonzero(ro.zone == k)
+            mine = mine[np.argsort(ro.arrive[mine], kind="stable")]
+            arrive, leave = ro.arrive[mine], ro.leave[mine]
+            order = np.argsort(leave, kind="stable")
+            truth[zid] = _ZoneTruth(arrive, leave[order], (leave - arrive)[order])
+            refused[zid] = 0
+            per_zone[zi] = (arrive, leave, key_base + ro.guest[mine])
+        band_ivl.append(ro.advert_ivl)
+        band_phase.append(ro.advert_phase)
+        key_base += len(ro.advert_ivl)
 
-    n_visits = sum(len(a) for _, a, _ in visits_parts)
+    n_visits = sum(len(a) for a, _, _ in per_zone.values())
     visits = np.zeros(n_visits, dtype=VISIT_DTYPE)
     offsets: dict[int, int] = {}
+    keys = np.zeros(n_visits, dtype=np.int64)
     pos = 0
-    for zi, arrive, leave in visits_parts:
+    for zi in range(len(layout.zones)):
+        arrive, leave, key = per_zone[zi]
         offsets[zi] = pos
         sl = slice(pos, pos + len(arrive))
         visits["zone"][sl] = zi
         visits["arrive_ts"][sl] = arrive
         visits["leave_ts"][sl] = leave
+        keys[sl] = key
         pos += len(arrive)
+    # Guests are numbered in order of their first visit (for plain flows: visit order).
+    uniq, first_at, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    rank = np.empty(len(uniq), dtype=np.int64)
+    rank[np.argsort(first_at, kind="stable")] = np.arange(len(uniq))
+    visits["guest"] = rank[inverse]
+    n_guests = len(uniq)
+    # Band advert timing per visit, from its roaming guest (group-local guest key).
+    all_ivl = np.concatenate([np.ones(n_plain), *band_ivl])
+    all_phase = np.concatenate([np.zeros(n_plain), *band_phase])
+    spots: _Spots | None = None
+    if spot_seed is not None and any(r.ble is not None for r in layout.readers):
+        wander = np.full(n_visits, np.inf)
+        for zi, g in roam_of.items():
+            wander[visits["zone"] == zi] = g.wander_s
+        spots = _draw_spots(visits, layout, wander, horizon, np.random.default_rng(spot_seed))
 
     # Strays are drawn first so that all tags can be drawn at once, distinct across the run.
     reader_rngs = [np.random.default_rng(s) for s in reader_seeds]
@@ -638,32 +1083,64 @@ def simulate(
         int(rng.poisson(r.stray_rate_hz * duration_s))
         for rng, r in zip(reader_rngs, layout.readers, strict=True)
     ]
-    tags = unique_tags(n_visits + sum(stray_counts), tag_rng)
-    visits["tag"] = tags[:n_visits]
-    stray_tags = tags[n_visits:]
+    tags = unique_tags(n_guests + sum(stray_counts), tag_rng)
+    visits["tag"] = tags[visits["guest"]]
+    stray_tags = tags[n_guests:]
 
     parts: list[np.ndarray] = []
+    outages: dict[str, FloatArray] = {}
     stray_pos = 0
     for ri, reader in enumerate(layout.readers):
         rng = reader_rngs[ri]
         n_stray = stray_counts[ri]
         zi = layout.zone_index(reader.zone)
-        _, arrive, leave = visits_parts[zi]
-        flow = flows.get(reader.zone)
-        period = flow.presence_period_s if isinstance(flow, AreaFlow) else _QUEUE_PRESENCE_S
-        ts, local = _read_events(reader, arrive, leave, period, duration_s, rng)
+        rssi: FloatArray | None = None
+        if reader.ble is not None:
+            assert spots is not None
+            ts, vidx, rssi = _ble_events(reader, reader.ble, layout.adapter_position(reader),
+                                         visits, spots, all_ivl[keys], all_phase[keys],
+                                         horizon, rng)
+        else:
+            arrive, leave, _ = per_zone[zi]
+            flow = flows.get(reader.zone)
+            if zi in roam_of:
+                period = roam_of[zi].presence_period_s
+            elif isinstance(flow, AreaFlow):
+                period = flow.presence_period_s
+            else:
+                period = _QUEUE_PRESENCE_S
+            ts, local = _read_events(reader, arrive, leave, period, horizon, rng)
+            vidx = local + offsets[zi]
         stray_ts = rng.uniform(0.0, duration_s, n_stray)
+        ts = ts - warmup_s
+        ok = ts >= 0.0
+        ts, vidx = ts[ok], vidx[ok]
         rec = np.zeros(len(ts) + n_stray, dtype=READ_DTYPE)
         rec["reader"] = ri
+        rec["rssi"] = np.nan
         rec["ts"][: len(ts)] = ts
-        rec["visit"][: len(ts)] = local + offsets[zi]
-        rec["tag"][: len(ts)] = visits["tag"][local + offsets[zi]]
+        rec["visit"][: len(ts)] = vidx
+        rec["tag"][: len(ts)] = visits["tag"][vidx]
         rec["ts"][len(ts):] = stray_ts
         rec["visit"][len(ts):] = -1
         rec["tag"][len(ts):] = stray_tags[stray_pos: stray_pos + n_stray]
+        if reader.ble is not None and rssi is not None:
+            rec["rssi"][: len(ts)] = rssi[ok]
+            # other bands passing by, 10-40 m away
+            far = rng.uniform(10.0, 40.0, n_stray)
+            rec["rssi"][len(ts):] = np.maximum(reader.ble.rssi(far, rng),
+                                               reader.ble.sensitivity_dbm)
         stray_pos += n_stray
+        if reader.outage_every_s > 0:
+            windows = _outage_windows(reader, duration_s, rng)
+            outages[reader.id] = windows
+            rec = _through_outages(rec, windows, reader, rng)
+            rec = rec[rec["ts"] < duration_s]
         parts.append(rec)
+    visits["arrive_ts"] -= warmup_s
+    visits["leave_ts"] -= warmup_s
+    truth = {z: _shift_truth(zt, warmup_s) for z, zt in truth.items()}
     reads = np.concatenate(parts) if parts else np.zeros(0, dtype=READ_DTYPE)
     reads = reads[np.lexsort((reads["reader"], reads["ts"]))]
-    return Simulation(layout, float(duration_s), reads, visits, refused, truth)
-
+    return Simulation(layout, float(duration_s), reads, visits, refused, truth, outages,
+                      float(warmup_s))

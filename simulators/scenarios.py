@@ -11,6 +11,8 @@ jungle-queue    queue  jungle-entry, jungle-exit       a boat ride
 plaza           area   plaza-gate (presence)           a plaza, food court
 ==============  =====  ==============================  ==========================
 
+``ble_areas`` is the exception: two area zones with a BLE adapter each (:func:`ble_layout`).
+
 ``demo_rush`` is short enough to play in real time. The others run for hours of simulated
 time and are meant for offline accuracy measurement (``simulate(...)`` then compare the
 agent's kernels with the truth on a time grid). Rates are in guests/s, times in s.
@@ -23,11 +25,13 @@ from dataclasses import dataclass
 
 from simulators.crowd import (
     AreaFlow,
+    BleRadio,
     Flow,
     Layout,
     QueueFlow,
     RateSchedule,
     ReaderRole,
+    RoamingFlow,
     SimReader,
     Simulation,
     SimZone,
@@ -45,9 +49,11 @@ class Scenario:
     flows: Mapping[str, Flow]
     duration_s: float
     realtime: bool = False  # short enough to replay at wall-clock speed
+    warmup_s: float = 0.0  # the crowd was moving this long before the agent started
 
     def run(self, *, seed: int) -> Simulation:
-        return simulate(self.layout, self.flows, self.duration_s, seed=seed)
+        return simulate(self.layout, self.flows, self.duration_s, seed=seed,
+                        warmup_s=self.warmup_s)
 
 
 def standard_layout(
@@ -57,15 +63,21 @@ def standard_layout(
     jitter_s: float = 0.0,
     dup_prob: float = 0.0,
     stray_rate_hz: float = 0.0,
+    hold_prob: float = 0.0,
+    outage_every_s: float = 0.0,
+    outage_buffer_prob: float = 0.0,
     dino_capacity: int = 400,
     jungle_capacity: int = 300,
     plaza_capacity: int = 800,
 ) -> Layout:
-    """The three zones and five readers every scenario uses."""
+    """The three zones and five readers every scenario uses (reader faults: see
+    :class:`simulators.crowd.SimReader`; holds apply to the entry and exit readers)."""
 
     def reader(rid: str, zone: str, role: ReaderRole, prob: float) -> SimReader:
         return SimReader(rid, zone, role, read_prob=prob, jitter_s=jitter_s,
-                         dup_prob=dup_prob, stray_rate_hz=stray_rate_hz)
+                         dup_prob=dup_prob, stray_rate_hz=stray_rate_hz,
+                         hold_prob=0.0 if role == "presence" else hold_prob,
+                         outage_every_s=outage_every_s, outage_buffer_prob=outage_buffer_prob)
 
     return Layout(
         zones=(
@@ -243,10 +255,91 @@ def area_near_capacity() -> Scenario:
                     standard_layout(plaza_capacity=300), flows, 1.5 * _H)
 
 
+def queue_at_start() -> Scenario:
+    """2 h: the gateway comes up on a long line. For the hour before t = 0 (the warm-up) 0.75/s
+    joined Dino (capacity 0.5/s, trains of 20): ~900-1050 guests are in line at t = 0, all
+    read at the entry before the agent was running, so the agent sees only their exits. A
+    guest joining at t = 0 waits 30-34 min; the guests boarding then joined when the line was
+    shorter (~20 min), and the boarding wait peaks at 30-34 min half an hour in. From t = 0 on
+    0.35/s join: the line drains at ~0.15/s, to a few dozen guests by the end. Jungle and the
+    plaza run their morning (their guests, too, came before the agent)."""
+    flows = _day_flows()
+    flows["dino-queue"] = QueueFlow(
+        arrivals=_pw((-_H, 0.75), (0, 0.75), (60, 0.35)),
+        service=_const(0.5), batch=20, walk_s=60.0,
+    )
+    return Scenario("queue_at_start", queue_at_start.__doc__ or "", standard_layout(), flows,
+                    2 * _H, warmup_s=_H)
+
+
+def glitchy_lines() -> Scenario:
+    """The first 3 h of the steady day (Dino's line builds to ~15 min) through readers with
+    bad lines: every reader's line drops out for 10-60 s every ~15 min on average; half of the
+    reads stamped during an outage are lost, the other half arrive in a burst within 1 s of the
+    line coming back (late, out of their time). 10 % of guests hold their band at the entry or
+    exit reader for 2-20 s (a read every 0.3 s), and a fifth of reads are repeated."""
+    layout = standard_layout(read_prob=0.9, presence_read_prob=0.8, dup_prob=0.2,
+                             hold_prob=0.1, outage_every_s=900.0, outage_buffer_prob=0.5)
+    return Scenario("glitchy_lines", glitchy_lines.__doc__ or "", layout, _day_flows(), 3 * _H)
+
+
+# --------------------------------------------------------------------------------------------
+# BLE areas
+
+
+def ble_layout(*, read_prob: float = 0.6, sigma_db: float = 5.0) -> Layout:
+    """Two neighbouring area zones sharing a wall, with a BLE adapter on the ceiling (3 m) at
+    the centre of each; each adapter also hears the other zone's wristbands, weaker.
+
+    ==============  =====  ========  ===============  ========================================
+    zone            kind   capacity  floor (m)        adapter (protocol ble, role presence)
+    ==============  =====  ========  ===============  ========================================
+    lounge          area   30        x 0-20, y 0-15   lounge-ble at (10, 7.5)
+    arcade          area   40        x 20-44, y 0-15  arcade-ble at (32, 7.5)
+    ==============  =====  ========  ===============  ========================================
+
+    RSSI at 1 m -59 dBm, path loss exponent 2.5, noise ``sigma_db``, sensitivity -98 dBm: a
+    guest in the middle of the lounge is heard at ~-66 dBm by its adapter and ~-93 dBm by the
+    arcade's; one by the shared wall at ~-84 and ~-86 dBm. ``read_prob`` of the adverts reach
+    each adapter (a Pi's scanner misses many).
+    """
+    def adapter(rid: str, zone: str) -> SimReader:
+        return SimReader(rid, zone, "presence", protocol="ble", read_prob=read_prob,
+                         ble=BleRadio(sigma_db=sigma_db))
+
+    return Layout(
+        zones=(SimZone("lounge", "area", 30, area_m=(0.0, 0.0, 20.0, 15.0)),
+               SimZone("arcade", "area", 40, area_m=(20.0, 0.0, 44.0, 15.0))),
+        readers=(adapter("lounge-ble", "lounge"), adapter("arcade-ble", "arcade")),
+    )
+
+
+def ble_areas() -> Scenario:
+    """2 h of iBeacon wristbands in two neighbouring areas (:func:`ble_layout`), each band
+    advertising every 0.3-1 s (its own interval), 40 % of adverts lost, RSSI noise 5 dB.
+
+    Guests come in at 0.04/s (0.06/s in the first 10 min), 60 % to the lounge first, and stand
+    at a new spot of their area every minute; each stay is lognormal (median 6 min), after
+    which half move on to the other area and half leave (their band is not heard again):
+    ~30-40 bands are about, 15-20 in the lounge. From 60 to 65 min a show lets out (0.15/s):
+    65-80 bands, and the lounge passes 90 % of its 30 for 10-15 min. From 100 min on few come
+    (0.005/s) and both areas empty toward the end.
+    """
+    flow = RoamingFlow(
+        zones=("lounge", "arcade"),
+        arrivals=_pw((0, 0.06), (600, 0.06), (660, 0.04), (3600, 0.04), (3660, 0.15),
+                     (3900, 0.15), (3960, 0.04), (6000, 0.04), (6060, 0.005)),
+        dwell_median_s=360.0, dwell_sigma=0.6, move_prob=0.5, first_zone=(0.6, 0.4),
+        advert_interval_s=(0.3, 1.0),
+    )
+    return Scenario("ble_areas", ble_areas.__doc__ or "", ble_layout(), {"guests": flow},
+                    2 * _H)
+
+
 SCENARIOS: dict[str, Callable[[], Scenario]] = {
     f.__name__: f
     for f in (demo_rush, steady_day, morning_rush, ride_breakdown, parade, noisy_radio,
-              area_near_capacity)
+              area_near_capacity, queue_at_start, glitchy_lines, ble_areas)
 }
 
 

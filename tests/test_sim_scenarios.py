@@ -18,7 +18,10 @@ READERS = {
 SEEDS = range(5)
 
 
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
+BLE_SCENARIOS = {"ble_areas"}
+
+
+@pytest.mark.parametrize("name", sorted(set(SCENARIOS) - BLE_SCENARIOS))
 def test_every_scenario_runs_on_the_standard_layout(name: str) -> None:
     sc = get_scenario(name)
     assert isinstance(sc, Scenario) and sc.name == name
@@ -27,7 +30,18 @@ def test_every_scenario_runs_on_the_standard_layout(name: str) -> None:
     assert all(r.protocol == "em4100" for r in sc.layout.readers)
     sim = sc.run(seed=0)
     assert len(sim.reads) > 0
-    assert sim.reads["ts"].max() < sc.duration_s
+    assert sim.reads["ts"].min() >= 0 and sim.reads["ts"].max() < sc.duration_s
+    assert np.isnan(sim.reads["rssi"]).all()
+
+
+def test_the_ble_scenario_has_two_areas_with_an_adapter_each() -> None:
+    sc = get_scenario("ble_areas")
+    assert {z.id: z.kind for z in sc.layout.zones} == {"lounge": "area", "arcade": "area"}
+    assert {r.id: (r.zone, r.role, r.protocol) for r in sc.layout.readers} == {
+        "lounge-ble": ("lounge", "presence", "ble"), "arcade-ble": ("arcade", "presence", "ble")}
+    sim = sc.run(seed=0)
+    assert np.isfinite(sim.reads["rssi"]).all()
+    assert sim.reads["ts"].min() >= 0 and sim.reads["ts"].max() < sc.duration_s
 
 
 def test_unknown_scenario_names_the_known_ones() -> None:
@@ -90,3 +104,41 @@ def test_noisy_radio_is_noisy() -> None:
     distinct = len(np.unique(own["visit"]))
     assert len(own) > 1.5 * distinct  # repeated reads of lingering bands
     assert distinct < 0.7 * len(sim.visits_in("dino-queue"))  # many bands never read
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_queue_at_start_begins_on_a_long_line_the_agent_never_saw_join(seed: int) -> None:
+    sc = get_scenario("queue_at_start")
+    assert sc.warmup_s == 3600.0
+    sim = sc.run(seed=seed)
+    q = sim.true_queue_length("dino-queue", np.array([0.0, 1800.0, 6900.0]))
+    assert 850 <= q[0] <= 1100 and q[1] < q[0] and q[2] < 150  # drains
+    assert 28 * 60 <= float(sim.true_wait_joining_s("dino-queue", 0.0)) <= 36 * 60
+    v = sim.visits_in("dino-queue")
+    early = v[v["arrive_ts"] < 0]
+    assert len(early) > 2000  # came during the warm-up hour
+    entry = sim.reads_for("dino-entry")
+    assert not np.isin(entry["visit"], np.flatnonzero(sim.visits["arrive_ts"] < 0)).any()
+    exit_ = sim.reads_for("dino-exit")
+    in_line = sim.visits["leave_ts"] > 0
+    pre = np.flatnonzero((sim.visits["arrive_ts"] < 0) & in_line
+                         & (sim.visits["zone"] == sc.layout.zone_index("dino-queue")))
+    assert np.isin(exit_["visit"], pre).sum() > 0.8 * q[0]  # their exits are read
+
+
+def test_glitchy_lines_drop_out_and_deliver_bursts() -> None:
+    sc = get_scenario("glitchy_lines")
+    sim = sc.run(seed=0)
+    assert set(sim.outages) == set(READERS)
+    n_out = sum(len(w) for w in sim.outages.values())
+    assert 5 * 10 <= n_out <= 5 * 20  # ~12 per reader in 3 h
+    for rid, windows in sim.outages.items():
+        r = sim.reads_for(rid)
+        for start, end in windows:
+            assert not ((r["ts"] >= start) & (r["ts"] < end)).any()  # nothing during one
+        burst = [((r["ts"] >= end) & (r["ts"] < end + 1.0)).sum() for _, end in windows]
+        if rid != "plaza-gate":
+            assert max(burst) >= 3  # the buffered half arrives at once
+    entry = sim.reads_for("dino-entry")
+    per_visit = np.bincount(entry["visit"])
+    assert per_visit.max() >= 2.0 / 0.3  # someone held a band there for seconds
