@@ -15,6 +15,8 @@ Example (RDM6300 datasheet): ``02 "62E3086CED" "08" 03`` is version 0x62, card i
 
 from __future__ import annotations
 
+import re
+
 from firmware_bridge.framing import BufferedDecoder
 from firmware_bridge.records import RawRead
 
@@ -33,6 +35,8 @@ FRAME_LEN_CRLF = 16
 _TAIL = 13
 
 _HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
+# A complete frame of either variant, checksum not yet verified (the fast path of feed()).
+_WELL_FORMED = re.compile(rb"\x02[0-9A-Fa-f]{12}(?:\r\n)?\x03")
 
 
 def xor_checksum(data: bytes) -> int:
@@ -84,9 +88,53 @@ class Em4100Decoder(BufferedDecoder):
     protocol = PROTOCOL
     max_frame_len = FRAME_LEN_CRLF
 
+    #: Frames remembered by the fast path (a wristband is read over and over).
+    cache_size = 4096
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Whole frame bytes -> its (immutable) read. Bounded and cleared when full: it holds
+        # raw ids, which never leave this process (see agent.privacy).
+        self._seen: dict[bytes, RawRead] = {}
+
     def feed(self, data: bytes) -> list[RawRead]:
-        """Consume ``data``; return the reads completed by it, in order."""
-        return self._hunt(data, STX, self._check, _read_of_frame)
+        """Consume ``data``; return the reads completed by it, in order.
+
+        Fast path: while the bytes (held-back ones first) are back-to-back frames, each
+        frame is looked up whole (a reader repeats the same few cards), and only a frame not
+        seen before is checked digit by digit. Anything else (noise, a frame split by the
+        chunk) goes to the general frame hunt from the first byte the fast path did not
+        take."""
+        if self._buf:
+            data = bytes(self._buf) + bytes(data)
+            self._buf.clear()  # re-fed below: the fast path or the hunt takes them again
+        else:
+            data = bytes(data)
+        out: list[RawRead] = []
+        seen, pos, n = self._seen, 0, len(data)
+        match = _WELL_FORMED.match
+        while pos < n:
+            m = match(data, pos)
+            if m is None:
+                break
+            end = m.end()
+            frame = data[pos:end]
+            rd = seen.get(frame)
+            if rd is None:
+                b = bytes.fromhex(data[pos + 1 : pos + _TAIL].decode("ascii"))
+                if b[0] ^ b[1] ^ b[2] ^ b[3] ^ b[4] != b[5]:
+                    break  # a bad checksum: the hunt counts it
+                rd = RawRead(PROTOCOL, b[:5])
+                if len(seen) >= self.cache_size:
+                    seen.clear()
+                seen[frame] = rd
+            out.append(rd)
+            pos = end
+        self.stats.frames += len(out)
+        self._offset += pos
+        if pos < n:
+            out += self._hunt(data[pos:] if pos else data, STX, self._check, _read_of_frame)
+        return out
 
     def drain(self) -> list[RawRead]:
         """End of input: a frame still incomplete is counted bad and the buffer emptied."""
