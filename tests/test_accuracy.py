@@ -1,12 +1,16 @@
 """Accuracy regression guard: the quick run of bench/accuracy.py against the simulator's truth.
 
-Quick mode runs seed 1 of morning_rush (first 1.5 h), ride_breakdown (first 2 h) and
-noisy_radio (first 1.5 h) through ZoneEngine in 1 s ticks, a few seconds in all. The bounds are
+Quick mode runs seed 1 of morning_rush (first 1.5 h), ride_breakdown (first 2 h), noisy_radio
+(first 1.5 h), glitchy_lines (first 1 h) and ble_areas (first 75 min) through the gateway core
+in 1 s ticks, about 20 s in all. The bounds are
 the issue's targets (wait_mae_pct <= 10, queue_length_mae_pct <= 5, moment precision and recall
 >= 0.95, moment_delay_s <= 60, forecast_lead_min >= 5 on the rush), relaxed where stated,
 plus tighter guards near what the estimators achieve today, so that a regression shows long
 before a target is missed. noisy_radio (60 % read rates, stray reads of passers-by) is held to
 the wait target only: its stray entry reads inflate queue_length (see the bench's report).
+ble_areas is held to its acceptance (occupancy_mae_pct <= 8, departure_delay_s <= 20).
+queue_at_start (a line already long when the agent starts) is not guarded: today's kernels
+miss it (see docs/simulators.md).
 """
 
 from __future__ import annotations
@@ -28,10 +32,15 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return data
 
 
-def test_quick_run_covers_the_rush_the_breakdown_and_bad_radio(report: dict[str, Any]) -> None:
+QUEUES = ("morning_rush", "ride_breakdown", "noisy_radio", "glitchy_lines")
+
+
+def test_quick_run_covers_the_rush_the_breakdown_bad_radio_bad_lines_and_ble(
+        report: dict[str, Any]) -> None:
     assert report["quick"] is True
-    assert set(report["scenarios"]) == {"morning_rush", "ride_breakdown", "noisy_radio"}
-    for s in report["scenarios"].values():
+    assert set(report["scenarios"]) == {*QUEUES, "ble_areas"}
+    for name in QUEUES:
+        s = report["scenarios"][name]
         assert s["wait_coverage"] > 0.99  # a wait whenever the truth has one
         assert s["ticks_compared"]["wait_s"] > 3000
 
@@ -64,6 +73,44 @@ def test_bad_radio_still_measures_the_wait(report: dict[str, Any]) -> None:
     assert s["wait_mae_pct"] <= 8.0  # target 10; ~3 today
     assert s["moment_recall"] >= 0.95
     assert s["queue_length_mae_pct"] <= 35.0  # a known miss (~25): stray entry reads
+
+
+def test_bad_lines_and_held_bands_do_not_disturb_the_estimates(report: dict[str, Any]) -> None:
+    s = report["scenarios"]["glitchy_lines"]
+    assert s["wait_mae_pct"] <= 6.0  # ~3 today
+    assert s["queue_length_mae_pct"] <= 7.0  # ~4 today
+    assert s["occupancy_mae_pct"] <= 8.0  # the plaza through its outages; ~5 today
+
+
+def test_ble_areas_meet_the_acceptance(report: dict[str, Any]) -> None:
+    s = report["scenarios"]["ble_areas"]
+    assert s["met"] == {"occupancy_mae_pct": True, "departure_delay_s": True}
+    assert s["occupancy_mae_pct"] <= 6.0  # target 8; ~3.5 today
+    assert s["departure_delay_s"] <= 12.0  # target 20; ~7 today
+    assert s["departure_delay_p90_s"] <= 25.0  # ~17 today
+    dep = s["departures"]
+    assert dep["reflected"] > 300 and dep["unreflected"] <= 5 and dep["unseen"] <= 5
+    assert s["moment_recall"] == 1.0 and s["moment_precision"] == 1.0  # the lounge's show
+
+
+def test_per_tag_state_adds_up_to_the_zone_counts() -> None:
+    """``tags_in_zones`` (what departure_delay_s reads) agrees with the engine's own counts."""
+    from agent.gateway import GatewayCore
+    from simulators.scenarios import get_scenario
+
+    sc = get_scenario("ble_areas")
+    sim = sc.run(seed=1)
+    core = GatewayCore(accuracy.agent_config(sc, accuracy.SETUPS["ble_areas"]),
+                       key=accuracy.BENCH_KEY, max_tags=accuracy.MAX_TAGS)
+    r = sim.reads[sim.reads["ts"] < 600.0]
+    core.accept_columns(r["ts"], r["tag"].astype("u8"), r["reader"].astype("i4"),
+                        r["rssi"].astype("f4"))
+    res = core.step(600.0)
+    tags, zones = accuracy.tags_in_zones(core.engine)
+    assert len(tags) > 20
+    for zi, z in enumerate(sc.layout.zones):
+        assert (zones == zi).sum() == res.metrics.live_tags[zi] == res.values[z.id]["occupancy"]
+    assert set(tags.tolist()) <= set(sim.visits["tag"].tolist())
 
 
 def test_plots_are_drawn(tmp_path: Path) -> None:
