@@ -104,6 +104,34 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return run_doctor(_load(args.config), sys.stdout)
 
 
+def cmd_acl(args: argparse.Namespace) -> int:
+    from agent import acl as gen
+
+    try:
+        plan = gen.plan_acl([_load(c) for c in args.configs],
+                            staff_users=args.staff_user or gen.DEFAULT_STAFF_USERS,
+                            board_users=args.board_user or gen.DEFAULT_BOARD_USERS)
+    except gen.AclError as e:
+        print(f"venue-agent: acl: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    for w in plan.warnings():
+        print(f"venue-agent: acl: warning: {w}", file=sys.stderr)
+    acl, users = gen.render_acl(plan), gen.render_password_template(plan)
+    if not args.out:
+        sys.stdout.write(acl + "\n" + "".join(f"# | {line}\n" for line in users.splitlines()))
+        return EXIT_OK
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "venue-agent.acl").write_text(acl)
+        (out / "passwd.template").write_text(users)
+    except OSError as e:
+        print(f"venue-agent: acl: cannot write {out}: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"wrote {out / 'venue-agent.acl'} and {out / 'passwd.template'}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -171,6 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("doctor", help="check a gateway: config, ports, storage, broker")
     s.add_argument("--config", required=True)
     s.set_defaults(func=cmd_doctor)
+
+    s = sub.add_parser("acl", help="Mosquitto ACL + password-file template from gateway configs")
+    s.add_argument("configs", nargs="+", metavar="CONFIG",
+                   help="every gateway config of the venue")
+    s.add_argument("--out", help="write venue-agent.acl and passwd.template into this directory "
+                   "(default: print the ACL, the template as comments)")
+    s.add_argument("--staff-user", action="append", metavar="USER",
+                   help="a staff console user (repeatable; default: staff)")
+    s.add_argument("--board-user", action="append", metavar="USER",
+                   help="a board user (repeatable; default: board)")
+    s.set_defaults(func=cmd_acl)
 
     s = sub.add_parser("bench", help="run the benchmarks (source checkout)")
     s.add_argument("rest", nargs=argparse.REMAINDER)

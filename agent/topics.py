@@ -64,6 +64,16 @@ class Topics:
     def nudge(self, zone: str) -> str:
         return f"{self.prefix}/nudge/{zone}"
 
+    @property
+    def ack_filter(self) -> str:
+        """Every acknowledgement of the venue: staff consoles write under it, gateways read."""
+        return f"{self.prefix}/ack/#"
+
+    @property
+    def venue_filter(self) -> str:
+        """Every topic of the venue."""
+        return f"{self.prefix}/#"
+
     def console_filters(self, team: str | None = None) -> list[str]:
         """What a staff console subscribes to: every zone's state, every gateway's status,
         every moment and nudge, and the dispatches of ``team`` (all teams when None)."""
