@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import math
 import random
@@ -36,9 +37,16 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.brokerurl import parse_broker_url
-from agent.outbox import Outbox
+from agent.outbox import Outbox, OutMessage
 
-__all__ = ["BrokerSettings", "Protocol", "Publisher", "PublisherStats"]
+__all__ = [
+    "REASON_LOST",
+    "REASON_SHUTDOWN",
+    "BrokerSettings",
+    "Protocol",
+    "Publisher",
+    "PublisherStats",
+]
 
 Protocol = Literal["auto", "5", "3.1.1"]
 
@@ -93,19 +101,34 @@ class PublisherStats:
     protocol: str | None  # "5" or "3.1.1" while connected or after the last connection
     sent: int  # outbox rows handed to the network (re-sends included)
     acked: int  # successful PUBACKs; those rows were deleted
-    rejected: int  # PUBACKs with a failure reason; rows kept and retried next connection
+    rejected: int  # PUBACKs with a transient failure (0x91, 0x97); kept, retried next connection
     expired: int  # rows dropped unsent because their expiry_s had passed
     reconnects: int  # successful connections after the first
     inflight: int
     outbox_depth: int
     volatile_sent: int
     volatile_dropped: int  # QoS 0 health messages dropped while offline
+    dead_lettered: int = 0  # rows the client or broker refused, moved to the dead letters
+    restarts: int = 0  # times the publisher failed inside and restarted itself (backoff)
+    replayed: int = 0  # backlog rows sent with "replayed": true (re-sends included)
+    replaying: bool = False  # the current connection still has backlog to send
+    oldest_age_s: float | None = None  # age of the oldest message waiting in the outbox
+    dead_letters: int = 0  # rows in the outbox's dead-letter table
+    dropped: int = 0  # outbox rows dropped at the storage cap since start
+    refused: int = 0  # messages the outbox refused (too large / no space) since start
 
 
 class _ConnectFailed(Exception):
     def __init__(self, reason: str, *, maybe_v5_refused: bool = False) -> None:
         super().__init__(reason)
         self.maybe_v5_refused = maybe_v5_refused
+
+
+@dataclass(frozen=True, slots=True)
+class _Flight:
+    row: int
+    backlog: bool  # sent from the replay lane
+    sent_at: float  # monotonic
 
 
 @dataclass(eq=False)
@@ -117,35 +140,85 @@ class _Session:
     connack: asyncio.Future[ReasonCode | str]
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     lost_reason: str = ""
-    inflight: dict[int, int] = field(default_factory=dict)  # mid -> outbox row
+    max_packet: int | None = None  # MQTT 5 CONNACK Maximum Packet Size
+    inflight: dict[int, _Flight] = field(default_factory=dict)  # mid -> outbox row
     control: dict[int, asyncio.Future[bool]] = field(default_factory=dict)  # status messages
-    cursor: int = 0  # highest outbox row handed to this connection
+    # Replay: rows up to ``boundary`` were pending when the connection came up.
+    boundary: int = 0
+    state_cursor: int = 0  # highest state-lane row handed to this connection
+    live_cursor: int = 0  # highest normal-lane row above the boundary handed over
+    backlog_cursor: int = 0  # highest normal-lane row up to the boundary handed over
+    backlog_done: bool = False
+    backlog_sent: int = 0
+    tokens: float = 0.0
+    tokens_at: float = 0.0
+    started: float = 0.0
+    timer: asyncio.TimerHandle | None = None
+
+    @property
+    def backlog_inflight(self) -> int:
+        return sum(1 for f in self.inflight.values() if f.backlog)
+
+
+# MQTT 5 PUBACK failures that say "not now" rather than "never": kept and retried on the
+# next connection. Every other failure (0x80 unspecified, 0x83 implementation specific,
+# 0x87 not authorized, 0x90 topic name invalid, 0x99 payload format invalid, ...) moves
+# the row to the dead letters.
+_TRANSIENT = frozenset({0x91, 0x97})  # packet identifier in use, quota exceeded
+# A row that was the only one in flight when the broker closed the connection, this soon
+# after it was sent, this many times in a row, is taken to be what the broker refuses
+# (an MQTT 3.1.1 broker's message_size_limit, for one, just closes the connection).
+_POISON_WINDOW_S = 5.0
+_POISON_STRIKES = 3
+
+REASON_LOST = "connection lost"  # the Last Will's reason
+REASON_SHUTDOWN = "shutdown"  # the clean stop's reason
+
+Message = tuple[str, bytes]
+WillSpec = Message | Callable[[str], Message]
 
 
 class Publisher:
-    """Owns the MQTT connection; call ``run()`` as a task, ``kick()`` after each enqueue."""
+    """Owns the MQTT connection; call ``run()`` as a task, ``kick()`` after each enqueue.
+
+    ``will`` is either a fixed ``(topic, payload)`` (old form) or a callable
+    ``will(reason) -> (topic, payload)``: it is called for every connection with
+    ``"connection lost"`` to build that connection's Last Will (fresh ``id`` and ``at``),
+    and with ``"shutdown"`` for the retained status a clean ``stop()`` publishes.
+    ``birth() -> (topic, payload)`` is called for every connection; both go out retained,
+    QoS 1, ahead of anything from the outbox.
+
+    ``replay_per_s`` is the rate (messages per second) at which the backlog (rows pending
+    when the connection came up) is sent; None for no limit. Zone state goes first, live
+    messages are never queued behind the backlog, and each backlog message goes out with
+    ``"replayed": true`` added to its payload (its ``at`` is the original).
+    """
 
     def __init__(
         self,
         settings: BrokerSettings,
         outbox: Outbox,
         *,
-        will: tuple[str, bytes],
-        birth: Callable[[], tuple[str, bytes]],
+        will: WillSpec,
+        birth: Callable[[], Message],
         max_inflight: int = 20,
         logger: logging.Logger | None = None,
         backoff_min_s: float = 0.5,
         backoff_max_s: float = 30.0,
         connect_timeout_s: float = 5.0,
         stop_timeout_s: float = 5.0,
+        replay_per_s: float | None = 50.0,
     ) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
+        if replay_per_s is not None and not replay_per_s > 0:
+            raise ValueError(f"replay_per_s must be > 0 (or None), not {replay_per_s!r}")
         self.settings = settings
         self._outbox = outbox
         self._will = will
         self._birth = birth
         self._max_inflight = max_inflight
+        self._replay_per_s = replay_per_s
         self._log = logger or logging.getLogger(__name__)
         self._backoff_min = backoff_min_s
         self._backoff_max = backoff_max_s
@@ -163,11 +236,16 @@ class Publisher:
         self._last_protocol: str | None = None
         self._ack_queue: list[int] = []
         self._ack_flush_scheduled = False
+        self._probe_left = 0  # after a loss with rows in flight: send one at a time
+        self._strikes: dict[int, int] = {}  # row -> losses while it alone was in flight
         self._connects = 0
         self._sent = 0
         self._acked = 0
         self._rejected = 0
         self._expired = 0
+        self._dead_lettered = 0
+        self._restarts = 0
+        self._replayed = 0
         self._volatile_sent = 0
         self._volatile_dropped = 0
 
@@ -189,7 +267,12 @@ class Publisher:
         if s is None or not self.connected:
             self._volatile_dropped += 1
             return False
-        info = s.client.publish(topic, payload, qos=0)
+        try:
+            info = s.client.publish(topic, payload, qos=0)
+        except ValueError as exc:
+            self._log.error("MQTT client refused a volatile message for %r: %s", topic, exc)
+            self._volatile_dropped += 1
+            return False
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self._volatile_dropped += 1
             return False
@@ -197,8 +280,9 @@ class Publisher:
         return True
 
     def stats(self) -> PublisherStats:
-        """Counters since construction, plus the current outbox depth."""
+        """Counters since construction, plus the outbox's depth, age and drops."""
         s = self._session
+        ob = self._outbox.stats()
         return PublisherStats(
             connected=self.connected,
             protocol=self._last_protocol,
@@ -208,17 +292,25 @@ class Publisher:
             expired=self._expired,
             reconnects=max(0, self._connects - 1),
             inflight=len(s.inflight) if s else 0,
-            outbox_depth=self._outbox.depth(),
+            outbox_depth=ob.depth,
             volatile_sent=self._volatile_sent,
             volatile_dropped=self._volatile_dropped,
+            dead_lettered=self._dead_lettered,
+            restarts=self._restarts,
+            replayed=self._replayed,
+            replaying=bool(s is not None and self.connected and not s.backlog_done),
+            oldest_age_s=None if ob.oldest_age_s is None else round(ob.oldest_age_s, 3),
+            dead_letters=ob.dead_letters,
+            dropped=ob.dropped,
+            refused=ob.refused,
         )
 
     async def stop(self, graceful: bool = True) -> None:
         """Stop ``run()`` and wait for it.
 
         graceful: wait (bounded) for in-flight PUBACKs, publish the status "offline"
-        message retained, then DISCONNECT. Not graceful: drop the connection without
-        DISCONNECT, so the broker itself publishes the Last Will (also "offline").
+        message retained (``will("shutdown")``), then DISCONNECT. Not graceful: drop the
+        connection without DISCONNECT, so the broker itself publishes the Last Will.
         """
         self._graceful = graceful
         self._stop_requested.set()
@@ -229,63 +321,31 @@ class Publisher:
     async def run(self) -> None:
         """Connect, publish birth, drain the outbox; reconnect with backoff until ``stop()``.
 
-        Never raises because the broker is down or unreachable; those are logged.
+        Never raises because the broker is down, unreachable or refuses a message, nor
+        because something inside the publisher failed: that is logged, the connection is
+        dropped and the publisher starts again after a backoff (counted in ``restarts``).
+        Only cancellation ends it early.
         """
         self._loop = asyncio.get_running_loop()
         self._running = True
-        outage = _Outage(self._log, self.settings.url)
         delay = self._backoff_min
-        try_v311_now = False
+        last_failure = -math.inf
         try:
             while not self._stop_requested.is_set():
-                protocol: Literal["5", "3.1.1"] = (
-                    "3.1.1" if (self._v311_only or try_v311_now) else "5"
-                )
                 try:
-                    session = await self._open_session(protocol)
-                except _ConnectFailed as exc:
-                    if self._stop_requested.is_set():
-                        break
-                    if (
-                        self.settings.protocol == "auto"
-                        and protocol == "5"
-                        and exc.maybe_v5_refused
-                    ):
-                        # The broker may only speak 3.1.1: try that at once.
-                        try_v311_now = True
-                        self._log.info(
-                            "MQTT broker %s did not accept MQTT 5 (%s); trying MQTT 3.1.1",
-                            self.settings.url,
-                            exc,
-                        )
-                        continue
-                    try_v311_now = False
-                    outage.failed(str(exc), self._outbox.depth())
+                    await self._connect_loop()
+                except Exception as exc:  # noqa: BLE001 - the supervisor: log and restart
+                    now = time.monotonic()
+                    if now - last_failure > 4 * self._backoff_max:
+                        delay = self._backoff_min  # the last failure is long past
+                    last_failure = now
+                    self._restarts += 1
+                    self._log.error(
+                        "MQTT publisher failed (%s: %s); restarting in %.1f s",
+                        type(exc).__name__, exc, delay, exc_info=True,
+                    )
                     await self._sleep(delay * random.uniform(0.5, 1.0))
                     delay = min(delay * 2, self._backoff_max)
-                    continue
-                if try_v311_now and not self._v311_only:
-                    self._v311_only = True
-                    self._log.warning(
-                        "MQTT broker %s speaks only MQTT 3.1.1; using it. MQTT 5 features "
-                        "are unavailable: nudges are sent without message expiry",
-                        self.settings.url,
-                    )
-                try_v311_now = False
-                delay = self._backoff_min
-                self._connects += 1
-                self._last_protocol = protocol
-                outage.connected(protocol, self._outbox.depth())
-                self._session = session
-                try:
-                    await self._serve(session)
-                    if self._stop_requested.is_set():
-                        await self._shutdown(session)
-                    else:
-                        outage.lost(session.lost_reason, len(session.inflight))
-                        await self._close(session)
-                finally:
-                    self._flush_acks()
         finally:
             s = self._session
             if s is not None and not s.lost.is_set() and s.connack.done():
@@ -295,7 +355,71 @@ class Publisher:
             self._running = False
             self._done.set()
 
+    async def _connect_loop(self) -> None:
+        """Connections one after another, with backoff, until ``stop()``."""
+        outage = _Outage(self._log, self.settings.url)
+        delay = self._backoff_min
+        try_v311_now = False
+        while not self._stop_requested.is_set():
+            protocol: Literal["5", "3.1.1"] = (
+                "3.1.1" if (self._v311_only or try_v311_now) else "5"
+            )
+            try:
+                session = await self._open_session(protocol)
+            except _ConnectFailed as exc:
+                if self._stop_requested.is_set():
+                    break
+                if (
+                    self.settings.protocol == "auto"
+                    and protocol == "5"
+                    and exc.maybe_v5_refused
+                ):
+                    # The broker may only speak 3.1.1: try that at once.
+                    try_v311_now = True
+                    self._log.info(
+                        "MQTT broker %s did not accept MQTT 5 (%s); trying MQTT 3.1.1",
+                        self.settings.url,
+                        exc,
+                    )
+                    continue
+                try_v311_now = False
+                outage.failed(str(exc), self._outbox.depth())
+                await self._sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, self._backoff_max)
+                continue
+            if try_v311_now and not self._v311_only:
+                self._v311_only = True
+                self._log.warning(
+                    "MQTT broker %s speaks only MQTT 3.1.1; using it. MQTT 5 features "
+                    "are unavailable: nudges are sent without message expiry",
+                    self.settings.url,
+                )
+            try_v311_now = False
+            delay = self._backoff_min
+            self._connects += 1
+            self._last_protocol = protocol
+            outage.connected(protocol, self._outbox.depth())
+            self._session = session
+            try:
+                await self._serve(session)
+                if self._stop_requested.is_set():
+                    await self._shutdown(session)
+                else:
+                    self._after_loss(session)
+                    outage.lost(session.lost_reason, len(session.inflight))
+                    await self._close(session)
+            except Exception:
+                await self._close(session)
+                raise
+            finally:
+                if session.timer is not None:
+                    session.timer.cancel()
+                self._flush_acks()
+
     # -- connection ----------------------------------------------------------------------
+
+    def _will_message(self, reason: str) -> Message:
+        return self._will(reason) if callable(self._will) else self._will
 
     def _new_client(self, protocol: Literal["5", "3.1.1"]) -> mqtt.Client:
         st = self.settings
@@ -314,7 +438,8 @@ class Publisher:
             client.username_pw_set(st.username, st.password)
         if st.tls:
             client.tls_set(ca_certs=st.ca_file)
-        topic, payload = self._will
+        # Built for this connection: its id and at are fresh, its reason "connection lost".
+        topic, payload = self._will_message(REASON_LOST)
         client.will_set(topic, payload, qos=1, retain=True)
         return client
 
@@ -328,8 +453,9 @@ class Publisher:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(fn, *args)
 
-        def on_connect(_c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
-            post(self._on_connack, session, rc)
+        def on_connect(_c: Any, _u: Any, _f: Any, rc: ReasonCode, props: Any) -> None:
+            max_packet = getattr(props, "MaximumPacketSize", None) if props else None
+            post(self._on_connack, session, rc, max_packet)
 
         def on_disconnect(_c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
             post(self._on_lost, session, str(rc))
@@ -384,8 +510,9 @@ class Publisher:
         # Closed before CONNACK: what a 3.1.1-only broker may do to an MQTT 5 CONNECT.
         raise _ConnectFailed(result, maybe_v5_refused=True)
 
-    def _on_connack(self, session: _Session, rc: ReasonCode) -> None:
+    def _on_connack(self, session: _Session, rc: ReasonCode, max_packet: int | None) -> None:
         if not session.connack.done():
+            session.max_packet = max_packet
             session.connack.set_result(rc)
 
     def _on_lost(self, session: _Session, reason: str) -> None:
@@ -413,43 +540,177 @@ class Publisher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop_requested.wait(), seconds)
 
+    def _after_loss(self, session: _Session) -> None:
+        """Poison check after a lost connection.
+
+        A broker that cannot take a message may close the connection instead of refusing
+        it (an MQTT 3.1.1 broker over its message_size_limit). After a loss with rows in
+        flight, the next connection sends one row at a time for a while; a row that is the
+        only one in flight when the connection drops, right after it was sent, three times
+        in a row, goes to the dead letters instead of killing every connection.
+        """
+        if not session.inflight:
+            return
+        if len(session.inflight) == 1 and self._probe_left:
+            (flight,) = session.inflight.values()
+            if time.monotonic() - flight.sent_at <= _POISON_WINDOW_S:
+                strikes = self._strikes[flight.row] = self._strikes.get(flight.row, 0) + 1
+                if strikes >= _POISON_STRIKES:
+                    del self._strikes[flight.row]
+                    self._dead_letter(
+                        flight.row,
+                        f"the broker closed the connection each of {strikes} times it was "
+                        f"sent ({session.lost_reason})",
+                    )
+                    session.inflight.clear()
+        self._probe_left = max(self._probe_left, min(len(session.inflight), self._max_inflight))
+        self._probe_left = max(self._probe_left, 1)
+
     # -- sending -------------------------------------------------------------------------
 
     async def _serve(self, session: _Session) -> None:
         """Birth, then keep the in-flight window full until the connection ends or stop."""
+        s = session
+        s.boundary = self._outbox.last_row()
+        s.live_cursor = s.boundary
+        s.started = time.monotonic()
+        s.tokens_at = s.started
+        # No burst at the start: the set rate holds from the first replayed message.
+        s.tokens = math.inf if self._replay_per_s is None else 1.0
+        if not s.boundary:
+            s.backlog_done = True
+        elif self._connects > 1 or self._outbox.depth() > 20:  # not the few rows of a start
+            self._log.info(
+                "MQTT: %d messages pending since before this connection (oldest %.0f s); "
+                "zone state first, then the backlog at %s/s beside live messages",
+                self._outbox.depth(),
+                self._outbox.oldest_age_s() or 0.0,
+                "unlimited" if self._replay_per_s is None else f"{self._replay_per_s:g}",
+            )
         topic, payload = self._birth()
-        self._publish_control(session, topic, payload)
-        while not self._stop_requested.is_set() and not session.lost.is_set():
+        self._publish_control(s, topic, payload)
+        while not self._stop_requested.is_set() and not s.lost.is_set():
             self._wake.clear()
-            self._fill_window(session)
+            self._fill_window(s)
             await self._wake.wait()
 
-    def _fill_window(self, session: _Session) -> None:
-        while (room := self._max_inflight - len(session.inflight)) > 0:
-            batch = self._outbox.pending(room, after_row=session.cursor)
+    def _bucket_size(self) -> float:
+        return math.inf if self._replay_per_s is None else max(1.0, self._replay_per_s)
+
+    def _fill_window(self, s: _Session) -> None:
+        """State first, then live rows, then the backlog at its rate, in that order."""
+        window = 1 if self._probe_left else self._max_inflight
+        # The state lane: the latest retained state of each zone, whatever its age. Then
+        # live rows (enqueued since the connection came up): never behind the backlog.
+        if not self._fill_lane(s, window, "state") or not self._fill_lane(s, window, "live"):
+            return
+        if not s.backlog_done:
+            self._fill_backlog(s, window)
+
+    def _fill_lane(self, s: _Session, window: int, lane: Literal["state", "live"]) -> bool:
+        """Send what the lane has while the window has room; False if the connection is
+        going away."""
+        while (room := window - len(s.inflight)) > 0:
+            if lane == "state":
+                batch = self._outbox.pending(room, s.state_cursor, lane="state")
+            else:
+                batch = self._outbox.pending(room, s.live_cursor, lane="normal")
             if not batch:
-                return
+                return True
             for msg in batch:
-                props = None
-                if msg.expiry_s is not None:
-                    remaining = msg.expiry_s - max(0.0, time.time() - msg.created_at)
-                    if remaining <= 0:
-                        # Too late to matter (a nudge for a queue that has moved on).
-                        self._expired += 1
-                        session.cursor = msg.row
-                        self._queue_ack(msg.row)
-                        continue
-                    if session.protocol == "5":
-                        props = Properties(PacketTypes.PUBLISH)
-                        props.MessageExpiryInterval = math.ceil(remaining)
-                info = session.client.publish(
-                    msg.topic, msg.payload, qos=msg.qos, retain=msg.retain, properties=props
-                )
-                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    return  # connection is going away; the next one starts from row 0
-                session.cursor = msg.row
-                session.inflight[info.mid] = msg.row
-                self._sent += 1
+                if not self._send(s, msg, lane):
+                    return False
+        return True
+
+    def _fill_backlog(self, s: _Session, window: int) -> None:
+        now = time.monotonic()
+        if self._replay_per_s is not None:
+            s.tokens = min(
+                self._bucket_size(), s.tokens + (now - s.tokens_at) * self._replay_per_s
+            )
+        s.tokens_at = now
+        # At most half the window, so live rows always find room.
+        share = max(1, window // 2)
+        while True:
+            room = min(window - len(s.inflight), share - s.backlog_inflight, s.tokens)
+            if room < 1:
+                break
+            batch = self._outbox.pending(
+                int(min(room, 1000)), s.backlog_cursor, lane="normal", max_row=s.boundary
+            )
+            if not batch:
+                break
+            for msg in batch:
+                s.tokens -= 1
+                if not self._send(s, msg, "backlog"):
+                    return
+        if not self._outbox.pending(1, s.backlog_cursor, lane="normal", max_row=s.boundary):
+            s.backlog_done = True
+            if s.backlog_sent:
+                self._log.info("MQTT: backlog replayed (%d messages in %.1f s)",
+                               s.backlog_sent, now - s.started)
+        elif s.tokens < 1 and self._replay_per_s is not None:
+            self._wake_later(s, (1 - s.tokens) / self._replay_per_s)
+
+    def _wake_later(self, s: _Session, delay: float) -> None:
+        """One pending timer per connection to come back when the bucket has a token."""
+        loop = self._loop
+        if loop is None or (s.timer is not None and s.timer.when() > loop.time()):
+            return
+        s.timer = loop.call_later(delay, self._wake.set)
+
+    def _send(self, s: _Session, msg: OutMessage, lane: str) -> bool:
+        """Hand one row to paho; False if the connection is going away."""
+        if lane == "state":
+            s.state_cursor = msg.row
+        elif lane == "live":
+            s.live_cursor = msg.row
+        else:
+            s.backlog_cursor = msg.row
+        props = None
+        if msg.expiry_s is not None:
+            remaining = msg.expiry_s - max(0.0, time.time() - msg.created_at)
+            if remaining <= 0:
+                # Too late to matter (a nudge for a queue that has moved on).
+                self._expired += 1
+                self._queue_ack(msg.row)
+                return True
+            if s.protocol == "5":
+                props = Properties(PacketTypes.PUBLISH)
+                props.MessageExpiryInterval = math.ceil(remaining)
+        replayed = msg.row <= s.boundary
+        payload = _mark_replayed(msg.payload) if replayed else msg.payload
+        refusal = _refusal(msg.topic, payload, s.max_packet)
+        if refusal is not None:
+            self._dead_letter(msg.row, refusal)
+            return True
+        try:
+            info = s.client.publish(
+                msg.topic, payload, qos=msg.qos, retain=msg.retain, properties=props
+            )
+        except ValueError as exc:  # paho's own checks: topic, QoS, payload size
+            self._dead_letter(msg.row, f"refused by the MQTT client: {exc}")
+            return True
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            # The connection is going away; the next one starts over from the outbox.
+            return False
+        s.inflight[info.mid] = _Flight(msg.row, lane == "backlog", time.monotonic())
+        self._sent += 1
+        if replayed:
+            self._replayed += 1
+        if lane == "backlog":
+            s.backlog_sent += 1
+        return True
+
+    def _dead_letter(self, row: int, reason: str) -> None:
+        try:
+            moved = self._outbox.dead_letter(row, reason)
+        except Exception:  # noqa: BLE001 - kept; tried again on the next connection
+            self._log.exception("could not move outbox row %d to the dead letters", row)
+            return
+        if moved:
+            self._dead_lettered += 1
+            self._log.error("MQTT: outbox row %d moved to the dead letters: %s", row, reason)
 
     def _publish_control(self, session: _Session, topic: str, payload: bytes) -> None:
         """Publish a retained QoS 1 status message outside the outbox."""
@@ -459,23 +720,29 @@ class Publisher:
             session.control[info.mid] = self._loop.create_future()
 
     def _on_puback(self, session: _Session, mid: int, rc: ReasonCode) -> None:
-        row = session.inflight.pop(mid, None)
-        if row is None:
+        flight = session.inflight.pop(mid, None)
+        if flight is None:
             fut = session.control.pop(mid, None)
             if fut is not None and not fut.done():
                 fut.set_result(not rc.is_failure)
-            return  # else a QoS 0 health message went out
-        if rc.is_failure:
+            return
+        self._strikes.pop(flight.row, None)
+        if self._probe_left:
+            self._probe_left -= 1
+        if not rc.is_failure:
+            self._acked += 1
+            self._queue_ack(flight.row)
+        elif rc.value in _TRANSIENT:
             self._rejected += 1
-            self._log.error(
-                "MQTT broker %s rejected outbox row %d: %s; kept, retried on next connection",
+            self._log.warning(
+                "MQTT broker %s refused outbox row %d for now (%s); retried on the next "
+                "connection",
                 self.settings.url,
-                row,
+                flight.row,
                 rc,
             )
         else:
-            self._acked += 1
-            self._queue_ack(row)
+            self._dead_letter(flight.row, f"refused by the broker: {rc} (0x{rc.value:02X})")
         self._wake.set()
 
     def _queue_ack(self, row: int) -> None:
@@ -492,7 +759,7 @@ class Publisher:
             return
         try:
             self._outbox.ack_many(rows)
-        except Exception:
+        except Exception:  # noqa: BLE001
             # The rows stay and are sent again: a duplicate, not a loss.
             self._log.exception("could not delete %d acknowledged outbox rows", len(rows))
 
@@ -509,7 +776,12 @@ class Publisher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), remaining)
         if not session.lost.is_set():
-            topic, payload = self._will
+            try:
+                topic, payload = self._will_message(REASON_SHUTDOWN)
+            except Exception:  # noqa: BLE001 - the Last Will still tells the truth
+                self._log.exception("could not build the shutdown status; leaving it to the will")
+                await self._close(session)
+                return
             self._publish_control(session, topic, payload)
             pending = list(session.control.values())
             if pending:
@@ -518,6 +790,45 @@ class Publisher:
         assert self._loop is not None
         await self._loop.run_in_executor(None, session.client.loop_stop)
         self._log.info("disconnected from MQTT broker %s", self.settings.url)
+
+
+def _mark_replayed(payload: bytes) -> bytes:
+    """The payload with ``"replayed": true`` added (JSON objects only; others unchanged)."""
+    try:
+        obj = json.loads(payload)
+    except ValueError:
+        return payload
+    if not isinstance(obj, dict):
+        return payload
+    obj["replayed"] = True
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def _refusal(topic: str, payload: bytes, max_packet: int | None) -> str | None:
+    """Why no broker would take this message (None if it looks fine).
+
+    paho refuses wildcards itself, but over MQTT 5 it sends an empty topic (meant for
+    topic aliases) and it sends NUL characters; a broker answers both by closing the
+    connection, which would kill every connection the row is retried on.
+    """
+    if not topic:
+        return "empty topic"
+    if "+" in topic or "#" in topic:
+        return f"wildcard in topic {topic!r}"
+    if "\x00" in topic:
+        return f"NUL character in topic {topic!r}"
+    topic_len = len(topic.encode())
+    if topic_len > 65535:
+        return f"topic is {topic_len} bytes, more than MQTT's 65535"
+    if max_packet is not None:
+        # Fixed header (up to 5 bytes), topic, packet id, properties (expiry: up to 6).
+        size = 5 + 2 + topic_len + 2 + 6 + len(payload)
+        if size > max_packet:
+            return (
+                f"message of about {size} bytes is larger than the broker's maximum "
+                f"packet size ({max_packet} bytes)"
+            )
+    return None
 
 
 class _Outage:

@@ -6,13 +6,16 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.broker import LocalBroker, free_port
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,3 +141,42 @@ class Collector:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_mosquitto(
+    workdir: Path,
+    *,
+    acl: str | None = None,
+    extra_conf: Sequence[str] = (),
+    persistence: bool = False,
+) -> LocalBroker:
+    """A Mosquitto like ``agent.broker.start_broker(prefer="mosquitto")``, with more config.
+
+    ``acl`` is the text of an ACL file (for anonymous clients: ``topic readwrite venue/#``,
+    ``topic deny venue/x/#``); an MQTT 5 client publishing to a denied topic gets a PUBACK
+    with reason 0x87 (not authorized). ``extra_conf`` lines are appended to mosquitto.conf
+    (e.g. ``max_packet_size 2000``).
+    """
+    lines = list(extra_conf)
+    if acl is not None:
+        acl_path = workdir / "acl"
+        workdir.mkdir(parents=True, exist_ok=True)
+        acl_path.write_text(acl.strip() + "\n")
+        lines.append(f"acl_file {acl_path}")
+
+    class _Configured(LocalBroker):
+        def _command(self) -> list[str]:
+            cmd = super()._command()
+            conf = self.workdir / "mosquitto.conf"
+            conf.write_text(conf.read_text() + "".join(f"{line}\n" for line in lines))
+            return cmd
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    broker = _Configured("mosquitto", free_port(), workdir, persistence=persistence,
+                         own_dir=False)
+    try:
+        broker.start()
+    except BaseException:
+        broker.close()
+        raise
+    return broker

@@ -1,4 +1,4 @@
-"""SQLite outbox: ordering, persistent seq, coalescing, crash safety, full storage."""
+"""SQLite outbox: ordering, persistent seq, coalescing, crash safety, one transaction per tick."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.outbox import SCHEMA_VERSION, Outbox, OutboxError, OutboxFullError
+from agent.outbox import SCHEMA_VERSION, Outbox, OutboxError
 
 REPO = Path(__file__).resolve().parent.parent
 MOMENT = "venue/park/moment/dino-queue/queue_long"
@@ -125,79 +125,7 @@ def test_uses_wal_and_full_sync(tmp_path: Path) -> None:
         assert ob._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
-# -- full storage ----------------------------------------------------------------------------
-
-
-def fill(ob: Outbox, start: int = 0) -> int:
-    """Enqueue until the first message is parked in memory; return how many were stored."""
-    n = start
-    while ob.enqueue(MOMENT, {"n": n, "pad": "x" * 400}, seq_stream="g") != 0:
-        n += 1
-    return n - start
-
-
-def test_full_storage_raises_naming_the_file_and_recovers_without_loss(tmp_path: Path) -> None:
-    path = tmp_path / "o.db"
-    # No memory overflow: the caller keeps what was not accepted and retries in order.
-    with Outbox(path, max_bytes=96 * 1024, overflow_limit=0) as ob:
-        held: list[int] = []
-        n = 0
-        while not held:
-            try:
-                ob.enqueue(MOMENT, {"n": n, "pad": "x" * 400}, seq_stream="g")
-            except OutboxFullError as exc:
-                assert str(path) in str(exc)
-                held.append(n)
-            n += 1
-        stored = n - 1
-        assert stored > 10
-        for extra in range(n, n + 5):  # still full: the caller keeps them, in order
-            with pytest.raises(OutboxFullError):
-                ob.enqueue(MOMENT, {"n": extra, "pad": "x" * 400}, seq_stream="g")
-            held.append(extra)
-        assert ob.next_seq("g") == stored + 1  # failed attempts burned no seq
-
-        sent = ob.pending(stored)
-        ob.ack_many(m.row for m in sent)  # the broker came back and acknowledged everything
-        for n in held:
-            ob.enqueue(MOMENT, {"n": n, "pad": "x" * 400}, seq_stream="g")
-        rest = ob.pending(100)
-        got = [json.loads(m.payload) for m in [*sent, *rest]]
-        assert [p["n"] for p in got] == list(range(stored + len(held)))
-        assert [p["seq"] for p in got] == list(range(1, stored + len(held) + 1))
-
-
-def test_memory_overflow_keeps_order_and_seq_until_space_returns(tmp_path: Path) -> None:
-    path = tmp_path / "o.db"
-    with Outbox(path, max_bytes=96 * 1024, overflow_limit=50) as ob:
-        stored = fill(ob)
-        for n in range(stored + 1, stored + 20):
-            assert ob.enqueue(MOMENT, {"n": n, "pad": "x" * 400}, seq_stream="g") == 0
-        # Zone state coalesces in memory too and does not grow the overflow.
-        ob.enqueue(STATE, {"v": 1}, coalesce_key="state/dino")
-        ob.enqueue(STATE, {"v": 2}, coalesce_key="state/dino")
-        assert ob.overflow_depth == 21  # 20 moments and one state
-        assert ob.depth() == stored + 21
-        assert ob.next_seq("g") == stored + 1  # parked messages have no seq yet
-
-        first = ob.pending(stored)
-        ob.ack_many(m.row for m in first)  # frees pages: the overflow is written
-        assert ob.overflow_depth == 0
-        rest = ob.pending(100)
-        moments = [json.loads(m.payload) for m in [*first, *rest] if m.topic == MOMENT]
-        assert [p["n"] for p in moments] == list(range(stored + 20))
-        assert [p["seq"] for p in moments] == list(range(1, stored + 21))
-        assert [json.loads(m.payload) for m in rest if m.topic == STATE] == [{"v": 2}]
-
-
-def test_full_overflow_refuses_new_messages(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "o.db", max_bytes=64 * 1024, overflow_limit=3) as ob:
-        stored = fill(ob)
-        ob.enqueue(MOMENT, {"n": -1}, seq_stream="g")
-        ob.enqueue(MOMENT, {"n": -2}, seq_stream="g")
-        with pytest.raises(OutboxFullError, match="not accepted"):
-            ob.enqueue(MOMENT, {"n": -3}, seq_stream="g")
-        assert ob.depth() == stored + 3
+# -- full storage: see test_outbox_drops.py (the cap drops the oldest, never the newest) --
 
 
 # -- crash safety ----------------------------------------------------------------------------
@@ -315,27 +243,3 @@ def test_batch_is_one_transaction(tmp_path: Path) -> None:
         with _sqlite3.connect(path) as other:
             assert other.execute("select count(*) from outbox_messages").fetchone()[0] == 5
         assert [m.seq for m in ob.pending(10)] == [1, 2, 3, 4, 5]
-
-
-def test_batch_on_a_full_disk_loses_nothing_and_keeps_order(tmp_path: Path) -> None:
-    with Outbox(tmp_path / "o.db", max_bytes=96 * 1024, overflow_limit=500) as ob:
-        sent = 0
-        for _ in range(20):  # fill the file up, a tick's worth of messages at a time
-            with ob.batch():
-                for _ in range(10):
-                    ob.enqueue("t", {"n": sent, "pad": "x" * 400}, seq_stream="s")
-                    sent += 1
-        assert ob.overflow_depth > 0  # storage really filled up
-        got: list[int] = []
-        seqs: list[int] = []
-        while ob.depth() or ob.overflow_depth:
-            batch = ob.pending(20)
-            for m in batch:
-                p = json.loads(m.payload)
-                got.append(p["n"])
-                seqs.append(p["seq"])
-            ob.ack_many(m.row for m in batch)
-            with ob.batch():
-                ob.flush_overflow()
-        assert got == list(range(sent))
-        assert seqs == list(range(1, sent + 1))

@@ -174,7 +174,8 @@ def test_mqtt5_expiry_is_sent_and_expired_rows_are_dropped(
         run(scenario())
         nudges = sub.wait_for(lambda ms: any(m.topic == NUDGE for m in ms))
         got = [m for m in nudges if m.topic == NUDGE]
-        assert [m.json() for m in got] == [{"stale": False}]
+        # Stored before the connection came up: sent as a replay, flagged so.
+        assert [m.json() for m in got] == [{"stale": False, "replayed": True}]
         assert got[0].expiry_s is not None and 0 < got[0].expiry_s <= 600
     finally:
         sub.stop()
@@ -342,22 +343,7 @@ def test_last_will_is_published_retained_when_the_gateway_is_sigkilled(
         assert late.messages[0].retain and late.messages[0].payload == OFFLINE
 
 
-def test_ungraceful_stop_leaves_the_status_to_the_will(
-    mosquitto: LocalBroker, tmp_path: Path
-) -> None:
-    outbox = Outbox(tmp_path / "o.db")
-    pub = make_publisher(mosquitto.url, outbox)
-
-    async def scenario() -> None:
-        task = asyncio.create_task(pub.run())
-        await async_wait_for(lambda: pub.connected)
-        await pub.stop(graceful=False)
-        await task
-
-    with Collector(mosquitto.url, STATUS) as sub:
-        run(scenario())
-        sub.wait_for(lambda ms: [m.payload for m in ms] == [ONLINE, OFFLINE])
-    outbox.close()
+# test_publisher_status.py: a fresh will per connection, the ungraceful stop, "shutdown".
 
 
 # -- MQTT 3.1.1 fallback -------------------------------------------------------------------
