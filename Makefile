@@ -59,5 +59,17 @@ soak: deps-test
 fuzz: deps-test
 	$(BIN)/python -m pytest -m fuzz -s tests/test_fuzz_decoders.py $(PYTEST_ARGS)
 
+# A wheel with the example configs, the systemd unit, udev rules, Mosquitto templates and the
+# docs as package data (venue_agent_data/): dist/venue_agent-<version>-py3-none-any.whl.
+.PHONY: wheel contract
+wheel: $(VENV)/.dev-installed
+	rm -rf build
+	$(BIN)/python -m build --wheel --outdir dist .
+
+# The MQTT contract documents, docs/asyncapi.yaml and docs/schemas/*.json, generated from
+# agent/contract.py (tests/test_contract.py fails while they differ).
+contract: $(VENV)/.dev-installed
+	$(BIN)/venue-agent contract --out docs
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis bench/out

@@ -12,7 +12,8 @@ import signal
 import sys
 from pathlib import Path
 
-from agent.config import LOG_LEVELS, ConfigError, load_config, to_toml
+from agent import __version__
+from agent.config import DEFAULT_BROKER_URL, LOG_LEVELS, ConfigError, load_config, to_toml
 from firmware_bridge.protocols import PROTOCOL_NAMES
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
@@ -132,6 +133,59 @@ def cmd_acl(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from agent.config import is_id, parse_config
+    from agent.install import UDEV_RULES, UNIT_FILE, shipped_file, starter_config
+
+    for flag, value in (("--venue", args.venue), ("--gateway", args.gateway)):
+        if not is_id(value):
+            print(f"venue-agent: init: {flag} {value!r}: expected 1..64 of [a-z0-9-] "
+                  "(it becomes an MQTT topic level)", file=sys.stderr)
+            return EXIT_CONFIG
+    text = starter_config(args.venue, args.gateway, args.broker)
+    try:
+        parse_config(text, "<starter config>")
+    except ConfigError as e:
+        print(f"venue-agent: init: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.out in (None, "-"):
+        sys.stdout.write(text)
+        return EXIT_OK
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        print(f"venue-agent: init: {out} exists; keep it, or pass --force to replace it",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as e:
+        print(f"venue-agent: init: cannot write {out}: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    print(f"wrote {out}; next: edit its zones and readers, then\n"
+          f"  venue-agent check-config {out}\n  venue-agent doctor --config {out}\n"
+          f"systemd unit: {shipped_file(UNIT_FILE)}\nudev rules:   {shipped_file(UDEV_RULES)}",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_contract(args: argparse.Namespace) -> int:
+    from agent import contract
+
+    if args.check:
+        problems = contract.check_files(args.out)
+        for line in problems:
+            print(f"venue-agent: contract: {line}", file=sys.stderr)
+        if problems:
+            print("venue-agent: contract: run `make contract` and commit the result",
+                  file=sys.stderr)
+        return EXIT_FAIL if problems else EXIT_OK
+    for path in contract.write_files(args.out):
+        print(path)
+    for line in contract.check_files(args.out):
+        print(f"venue-agent: contract: {line}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -147,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="venue-agent", description=(
         "Edge agent for venues: reads RFID and BLE wristband readers, computes queue length, "
         "wait, dwell and flow, and publishes crowding moments over MQTT."))
+    p.add_argument("--version", action="version", version=f"venue-agent {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("run", help="run the gateway (systemd runs this)")
@@ -210,6 +265,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--board-user", action="append", metavar="USER",
                    help="a board user (repeatable; default: board)")
     s.set_defaults(func=cmd_acl)
+
+    s = sub.add_parser("init", help="write a starter gateway config", description=(
+        "Write a starter gateway config (one queue with an entry and an exit reader) that "
+        "check-config accepts; edit its zones and readers. Example: venue-agent init "
+        "--venue park-east --gateway gw-01 --out /etc/venue-agent/gateway.toml"))
+    s.add_argument("--venue", required=True, help="the venue's id ([a-z0-9-])")
+    s.add_argument("--gateway", required=True, help="this gateway's id ([a-z0-9-])")
+    s.add_argument("--broker", default=DEFAULT_BROKER_URL,
+                   help=f"the broker URL (default {DEFAULT_BROKER_URL}; mqtts:// for TLS)")
+    s.add_argument("--out", help="write the config here (default: print it)")
+    s.add_argument("--force", action="store_true", help="replace an existing --out file")
+    s.set_defaults(func=cmd_init)
+
+    s = sub.add_parser("contract", help="write the MQTT contract: AsyncAPI + JSON Schemas",
+                       description=(
+        "Write asyncapi.yaml and schemas/*.json (the topic contract, generated from "
+        "agent/contract.py) into a directory. Example: venue-agent contract --out docs"))
+    s.add_argument("--out", default="docs", help="the directory (default: docs)")
+    s.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 if the files there differ from the code")
+    s.set_defaults(func=cmd_contract)
 
     s = sub.add_parser("bench", help="run the benchmarks (source checkout)")
     s.add_argument("rest", nargs=argparse.REMAINDER)

@@ -18,6 +18,7 @@ import pytest
 
 from agent.demo import DEMO_ESTIMATION, sim_config
 from tests.agent_process import start_agent
+from tests.contract_check import assert_valid
 from tests.mqtt_helpers import Collector
 
 pytestmark = pytest.mark.e2e
@@ -106,6 +107,7 @@ def test_every_payload_has_the_envelope_and_no_raw_tag(gateway_run: dict[str, An
         p = json.loads(m.payload)
         for key in ("schema", "id", "venue", "gateway", "at"):
             assert key in p, (m.topic, p)
+        assert_valid(m.topic, p)  # its channel's JSON Schema (docs/schemas/)
         assert p["venue"] == "demo-park" and p["gateway"] == "gw-demo"
         text = m.payload.decode().lower()
         for tag in gateway_run["raw_tags"]:
