@@ -5,6 +5,7 @@ docs with the AsyncAPI document and the JSON Schemas) and finds them once instal
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -154,3 +155,25 @@ def test_the_installed_wheel_finds_its_files_and_writes_a_config(wheel: Path,
     r = run(agent_bin, "contract", "--check", "--out", str(Path(site) / "venue_agent_data" /
                                                           "docs"))
     assert r.returncode == 0, r.stderr
+
+
+def test_the_install_walkthrough_names_real_commands_and_shipped_files() -> None:
+    import argparse
+
+    from agent.cli import build_parser
+
+    text = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = text[text.index("## Install\n"):text.index("\n## ", text.index("## Install\n"))]
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    used = set(re.findall(r"bin/venue-agent ([a-z][a-z-]*)", section))
+    assert {"init", "check-config", "doctor"} <= used
+    assert used <= set(sub.choices), used - set(sub.choices)
+    init_flags = {o for a in sub.choices["init"]._actions for o in a.option_strings}
+    assert set(re.findall(r"(--[a-z-]+)", section.split("venue-agent init", 1)[1][:200])) <= \
+        init_flags
+    shipped = set(re.findall(r"\$SHARE/(\w[\w.-]*)", section))
+    assert {"venue-agent.service", "99-venue-readers.rules", "example-venue.toml"} <= shipped
+    for name in shipped:
+        assert (ROOT / "config" / name).is_file(), name
+    assert re.search(r"^wheel:", (ROOT / "Makefile").read_text(), re.M)
+    assert "python -m agent.install" in section
