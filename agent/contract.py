@@ -424,6 +424,20 @@ def _health() -> dict[str, Any]:
             "outbox_depth": _d("Messages waiting in the outbox.", counter),
             "volatile_sent": _d("Health messages sent.", counter),
             "volatile_dropped": _d("Health messages dropped while offline.", counter),
+            "oldest_age_s": _d("Age of the oldest message waiting in the outbox (how far "
+                               "behind the broker sees the gateway); null when none waits.",
+                               _nullable(_NONNEG)),
+            "replaying": _d("The current connection still has backlog to send (hold a seq "
+                            "gap verdict while it does).", {"type": "boolean"}),
+            "replayed": _d("Backlog messages sent with replayed: true.", counter),
+            "dead_lettered": _d("Messages refused by the client or broker and moved to the "
+                                "dead letters, this run.", counter),
+            "dead_letters": _d("Messages in the dead letters, kept for inspection.", counter),
+            "dropped": _d("Messages the outbox dropped at its size cap, this run.", counter),
+            "refused": _d("Messages the outbox refused (too large, no space), this run.",
+                          counter),
+            "restarts": _d("Times the publisher recovered from an internal failure.",
+                           counter),
         },
     }
     props: dict[str, Any] = {
@@ -486,7 +500,8 @@ def examples() -> dict[str, dict[str, Any]]:
                                     "last_read_at": "2025-06-01T14:03:06.981Z",
                                     "error": None}},
             outbox_depth=0, publisher={"connected": True, "protocol": "5", "sent": 26510,
-                                       "acked": 26510},
+                                       "acked": 26510, "inflight": 0, "oldest_age_s": None,
+                                       "replaying": False, "dead_letters": 0},
             cpu_pct=3.7, rss_mb=182.4, tick_ms=1.42, tick_ms_max=18.9, live_tags=531,
             dropped_unknown_reads=0),
         SCHEMA_ZONE_STATE: env(
