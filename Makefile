@@ -51,7 +51,7 @@ accuracy: deps-test
 	$(BIN)/python bench/accuracy.py --out bench/out/accuracy.json --plots bench/out
 
 soak: deps-test
-	$(BIN)/python -m pytest -m soak $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m soak -s $(PYTEST_ARGS)
 
 # 10^6 inputs per serial decoder (random bytes, mutated frames, frames split at every
 # offset): no exception, bounded buffer, split-invariant reads. FUZZ_INPUTS=N changes the

@@ -9,8 +9,27 @@ restarts. Benchmarks that measure a cold start set their own empty NUMBA_CACHE_D
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 if "NUMBA_CACHE_DIR" not in os.environ:
     os.environ["NUMBA_CACHE_DIR"] = str(
         Path(__file__).resolve().parents[1] / ".pytest_cache" / "numba-cache")
+
+# Long runs that `make soak` / `make fuzz` select with `-m soak` / `-m fuzz`. A plain run
+# deselects them (reported as deselected, never as skipped-and-passed); their bounded slices
+# are ordinary tests.
+LONG_MARKERS = ("soak", "fuzz")
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    expr = config.getoption("markexpr") or ""
+    wanted = {m for m in LONG_MARKERS if re.search(rf"(?<!not )\b{m}\b", expr)}
+    keep, drop = [], []
+    for item in items:
+        long = {m for m in LONG_MARKERS if item.get_closest_marker(m)}
+        (drop if long and not long & wanted else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep

@@ -4,7 +4,6 @@ with ``make fuzz`` (pytest marker ``fuzz``). The fuzzer itself is tests/fuzz_dec
 from __future__ import annotations
 
 import os
-import re
 
 import pytest
 
@@ -34,18 +33,11 @@ def test_fuzz_failure_names_what_reproduces_it(monkeypatch: pytest.MonkeyPatch) 
         fuzz("em4100", 10)
 
 
-def _selected_by_marker(config: pytest.Config) -> bool:
-    """True when this run was asked for fuzz tests (``-m fuzz``), not merely not excluded."""
-    expr = config.getoption("markexpr") or ""
-    return re.search(r"(?<!not )\bfuzz\b", expr) is not None
-
-
 @pytest.mark.fuzz
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("protocol", SERIAL_PROTOCOLS)
-def test_fuzz_million_inputs(protocol: str, request: pytest.FixtureRequest) -> None:
-    if not _selected_by_marker(request.config):
-        pytest.skip("the long fuzz run is `make fuzz` (pytest -m fuzz)")
+def test_fuzz_million_inputs(protocol: str) -> None:
+    # Deselected from `make test` by tests/conftest.py; `make fuzz` selects it.
     report = fuzz(protocol, LONG_INPUTS, seed=0)
     print(f"\n{protocol}: {report.inputs} inputs, {report.bytes_fed} bytes, {report.reads} "
           f"reads, {report.seconds:.1f} s, {report.inputs_per_s:,.0f} inputs/s, 0 exceptions")
