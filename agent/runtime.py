@@ -242,7 +242,7 @@ class Agent:
         self._cpu_mark = (mono, cpu)
         sources = {s.reader_id: s.health() for s in self._sources}
         pub = asdict(self.publisher.stats()) if hasattr(self, "publisher") else {}
-        return {"uptime_s": round(self.wall() - (self.core.started_at or self.wall()), 1),
+        return {"uptime_s": round(time.monotonic() - self._created_mono, 1),  # never steps
                 "readers": self.core.reader_health(dt, self._wall_offset, sources),
                 "outbox_depth": self.outbox.depth(), "publisher": pub,
                 "cpu_pct": round(cpu_pct, 1), "rss_mb": round(rss_mb(), 1),
