@@ -212,6 +212,19 @@ class EstimationConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """Pseudonym rotation and how long stored data may live (see docs/privacy.md)."""
+
+    rotate_hours: int = _limits(24, lo=1, hi=24 * 366)  # pseudonyms change this often...
+    rotate_at: str = "04:00"  # ...at this local time "HH:MM": when the venue is closed
+    retention_days: float = _limits(1.0, gt=0, hi=3650.0)  # stores keep data at most this long
+
+    @property
+    def retention_s(self) -> float:
+        return self.retention_days * 86400.0
+
+
+@dataclass(frozen=True)
 class Config:
     venue: VenueConfig
     gateway: GatewayConfig
@@ -221,6 +234,7 @@ class Config:
     estimation: EstimationConfig
     readers: tuple[ReaderConfig, ...]
     zones: tuple[ZoneConfig, ...]
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     source: str = field(default="<memory>", compare=False)
 
     @property
@@ -509,6 +523,15 @@ def _load_broker(file: str, table: object, client_id: str) -> BrokerConfig:
     return broker
 
 
+def _load_privacy(file: str, table: object) -> PrivacyConfig:
+    privacy = _Section(file, "privacy", table).build(PrivacyConfig)
+    from agent.privacy import Rotation  # the rotation's own rules (run builds the same)
+
+    _runtime_check(file, "privacy", ("rotate_hours", "rotate_at"), "pseudonym rotation",
+                   lambda: Rotation.of(privacy))
+    return privacy
+
+
 def parse_config(text: str, file: str = "<memory>") -> Config:
     """Parse and validate a config. Raises :class:`ConfigError` for anything that can't run,
     and for nothing else: no text makes it raise another exception."""
@@ -520,7 +543,7 @@ def parse_config(text: str, file: str = "<memory>") -> Config:
         raise ConfigError(file, "", "valid TOML nested less deeply") from None
 
     known_sections = {"venue", "gateway", "broker", "storage", "moments", "estimation",
-                      "readers", "zones"}
+                      "privacy", "readers", "zones"}
     for k in data:
         if k not in known_sections:
             raise ConfigError(file, k, "one of the sections " + ", ".join(sorted(known_sections)),
@@ -549,6 +572,7 @@ def parse_config(text: str, file: str = "<memory>") -> Config:
     moments = _Section(file, "moments", data.get("moments", {})).build(MomentsConfig)
     _check_id(file, "moments.reader_team", moments.reader_team)
     estimation = _Section(file, "estimation", data.get("estimation", {})).build(EstimationConfig)
+    privacy = _load_privacy(file, data.get("privacy", {}))
 
     zones = tuple(_load_zone(file, i, z) for i, z in enumerate(_table_list(file, data, "zones")))
     readers = tuple(_load_reader(file, i, r)
@@ -571,7 +595,8 @@ def parse_config(text: str, file: str = "<memory>") -> Config:
                               f"'entry' or 'exit' for a reader in queue zone {r.zone!r}", r.role)
     _check_unique(file, "readers[].port", [r.port for r in readers if r.port])
     return Config(venue=venue, gateway=gateway, broker=broker, storage=storage, moments=moments,
-                  estimation=estimation, readers=readers, zones=zones, source=file)
+                  estimation=estimation, readers=readers, zones=zones, privacy=privacy,
+                  source=file)
 
 
 def _check_unique(file: str, key: str, values: list[str]) -> None:

@@ -225,7 +225,7 @@ class GatewayCore:
                  started_at: float | None = None) -> None:
         self.cfg = cfg
         self.topics = Topics(cfg.venue.id, cfg.gateway.id)
-        self.pseudonym = Pseudonymizer(key)
+        self.pseudonym = Pseudonymizer(key, cfg.privacy)  # rotates by each batch's ts
         self.buffer = ReadBuffer()
         self.engine = engine_for(cfg, max_tags=max_tags)
         self.moments = MomentDecider(cfg)
@@ -254,7 +254,7 @@ class GatewayCore:
             n = sum(1 for _ in reads)
             self.dropped_unknown += n
             return 0
-        pseudo = self.pseudonym
+        pseudo = self.pseudonym.at(ts)
         tags, rssi = [], []
         for rd in reads:
             tags.append(pseudo(rd.protocol, rd.tag_id))

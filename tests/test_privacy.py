@@ -1,18 +1,44 @@
-"""Pseudonyms: keyed, stable, non-zero; the key file is created once, private, and checked."""
+"""Pseudonyms: keyed, stable within an epoch, rotated between epochs, non-zero; the key file
+is created once, private, and refused when others can read it; the [privacy] config keys."""
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import stat
+import tomllib
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from agent.privacy import KeyFileError, Pseudonymizer, load_or_create_key
+from agent.config import ConfigError, PrivacyConfig, parse_config, to_toml
+from agent.privacy import (
+    CACHE_SIZE,
+    KeyFileError,
+    Pseudonymizer,
+    Rotation,
+    epoch_key,
+    load_or_create_key,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+MINIMAL = (ROOT / "config" / "minimal.toml").read_text()
+TAG = bytes.fromhex("62E3086CED")
+UTC = Rotation(24, "04:00", utcoffset=lambda _ts: 0)
+T0 = 1_780_000_000.0  # 2026-05-28 20:26:40 UTC
 
 
+# ------------------------------------------------------------------------- key file
 def test_key_created_once_with_private_mode(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "pseudonym.key"
-    k1 = load_or_create_key(path)
+    old = os.umask(0)
+    try:
+        k1 = load_or_create_key(path)
+    finally:
+        os.umask(old)
     assert len(k1) == 32
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_or_create_key(path) == k1
@@ -21,25 +47,179 @@ def test_key_created_once_with_private_mode(tmp_path: Path) -> None:
 def test_damaged_key_is_refused_with_a_message(tmp_path: Path) -> None:
     path = tmp_path / "pseudonym.key"
     path.write_text("not hex")
+    path.chmod(0o600)
     with pytest.raises(KeyFileError, match="pseudonym.key.*damaged"):
         load_or_create_key(path)
 
 
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620, 0o660, 0o666])
+def test_key_others_can_read_or_write_is_refused_naming_file_and_fix(tmp_path: Path,
+                                                                      mode: int) -> None:
+    path = tmp_path / "pseudonym.key"
+    load_or_create_key(path)
+    path.chmod(mode)
+    with pytest.raises(KeyFileError) as e:
+        load_or_create_key(path)
+    msg = str(e.value)
+    assert str(path) in msg and f"{mode:04o}" in msg and f"chmod 600 {path}" in msg
+    path.chmod(0o600)
+    assert len(load_or_create_key(path)) == 32
+    path.chmod(0o400)  # read-only for the owner is fine too
+    assert len(load_or_create_key(path)) == 32
+
+
+def test_key_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real.key"
+    load_or_create_key(real)
+    link = tmp_path / "pseudonym.key"
+    link.symlink_to(real)
+    with pytest.raises(KeyFileError, match="pseudonym.key"):
+        load_or_create_key(link)
+    (tmp_path / "dir.key").mkdir(mode=0o700)
+    with pytest.raises(KeyFileError, match="dir.key"):
+        load_or_create_key(tmp_path / "dir.key")
+
+
+# ------------------------------------------------------------------------- pseudonyms
 def test_pseudonyms_are_keyed_stable_and_protocol_scoped() -> None:
     a, b = Pseudonymizer(b"a" * 32), Pseudonymizer(b"b" * 32)
-    tag = bytes.fromhex("62E3086CED")
-    assert a("em4100", tag) == a("em4100", tag)
-    assert a("em4100", tag) != b("em4100", tag)
-    assert a("em4100", tag) != a("uhf-m100", tag)
-    assert 0 < a("em4100", tag) < 2**64
+    assert a("em4100", TAG) == a("em4100", TAG)
+    assert a("em4100", TAG) != b("em4100", TAG)
+    assert a("em4100", TAG) != a("uhf-m100", TAG)
+    assert 0 < a("em4100", TAG) < 2**64
     # the raw id is not recoverable from the pseudonym's digits
-    assert "62e3086ced" not in format(a("em4100", tag), "x")
+    assert "62e3086ced" not in format(a("em4100", TAG), "x")
 
 
-def test_cache_is_bounded() -> None:
+def test_cache_is_bounded_and_small_by_default() -> None:
+    assert CACHE_SIZE <= 4096
     p = Pseudonymizer(b"k" * 32, cache_size=8)
     first = p("em4100", b"\x00\x00\x00\x00\x01")
     for i in range(100):
         p("em4100", i.to_bytes(5, "big"))
-    assert len(p._cache) <= 8
+    assert p.cached() <= 8
     assert p("em4100", b"\x00\x00\x00\x00\x01") == first
+    big = Pseudonymizer(b"k" * 32)
+    for i in range(3 * CACHE_SIZE):
+        big("em4100", i.to_bytes(5, "big"))
+    assert big.cached() <= CACHE_SIZE
+
+
+def test_pseudonyms_differ_across_an_epoch_boundary_but_not_within_one() -> None:
+    p = Pseudonymizer(b"k" * 32, rotation=UTC)
+    day = UTC.start(UTC.epoch(T0))
+    before = {p.at(ts)("em4100", TAG) for ts in (day + 1, day + 3600, day + 86399.9)}
+    assert len(before) == 1
+    after = {p.at(ts)("em4100", TAG) for ts in (day + 86400, day + 90000, day + 2 * 86400 - 1)}
+    assert len(after) == 1 and after != before
+    assert p.rotations == 1
+    # the next day's pseudonym is that of a fresh pseudonymiser at that time: no state
+    assert Pseudonymizer(b"k" * 32, rotation=UTC).at(day + 86400)("em4100", TAG) in after
+    # a late batch stamped before the rotation does not bring the old epoch key back
+    assert p.at(day + 86399)("em4100", TAG) in after
+    assert p.epoch == UTC.epoch(day + 86400)
+
+
+def test_rotation_clears_the_cache_and_drops_the_old_key() -> None:
+    p = Pseudonymizer(b"k" * 32, rotation=UTC)
+    day = UTC.start(UTC.epoch(T0))
+    for i in range(10):
+        p.at(day + 10)("em4100", i.to_bytes(5, "big"))
+    assert p.cached() == 10
+    p.at(day + 86400)
+    assert p.cached() == 0
+    old = epoch_key(b"k" * 32, UTC.epoch(day + 10))
+    assert all(v != old for v in vars(p).values())
+
+
+def test_rotation_logs_epoch_and_local_times(caplog: pytest.LogCaptureFixture) -> None:
+    p = Pseudonymizer(b"k" * 32, rotation=UTC)
+    day = UTC.start(UTC.epoch(T0))
+    with caplog.at_level(logging.INFO, logger="agent.privacy"):
+        p.at(day + 5)
+        p.at(day + 86400 + 5)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and "rotated" in lines[1] and "rotated" not in lines[0]
+
+
+def test_epoch_starts_at_rotate_at_local_time() -> None:
+    r = Rotation(24, "04:00", utcoffset=lambda _ts: 3600)  # UTC+1, no DST
+    e = r.epoch(T0)
+    start = r.start(e)
+    assert datetime.utcfromtimestamp(start + 3600).strftime("%H:%M") == "04:00"
+    assert r.epoch(start) == e and r.epoch(start - 0.001) == e - 1
+    assert r.start(e + 1) - start == 86400
+    six = Rotation(6, "04:30", utcoffset=lambda _ts: 0)
+    hours = {datetime.utcfromtimestamp(six.start(six.epoch(T0) + i)).strftime("%H:%M")
+             for i in range(8)}
+    assert hours == {"04:30", "10:30", "16:30", "22:30"}
+
+
+def test_rotation_follows_local_time_across_dst() -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+
+    def offset(ts: float) -> int:
+        off = datetime.fromtimestamp(ts, berlin).utcoffset()
+        assert off is not None
+        return int(off.total_seconds())
+
+    r = Rotation(24, "04:00", utcoffset=offset)
+    for day in ("2026-03-27", "2026-10-23"):  # the clocks change on the 29th / the 25th
+        first = r.epoch(datetime.fromisoformat(f"{day}T12:00").replace(tzinfo=berlin)
+                        .timestamp())
+        for e in range(first, first + 5):
+            local = datetime.fromtimestamp(r.start(e), berlin)
+            assert local.strftime("%H:%M") == "04:00", local
+            assert r.epoch(r.start(e)) == e and r.epoch(r.start(e) - 1) == e - 1
+
+
+@pytest.mark.parametrize(("hours", "at", "key"), [
+    (5, "04:00", "rotate_hours"), (36, "04:00", "rotate_hours"), (0, "04:00", "rotate_hours"),
+    (24, "4:00", "rotate_at"), (24, "24:00", "rotate_at"), (24, "04:60", "rotate_at"),
+    (24, "", "rotate_at"),
+])
+def test_rotation_refusals_name_the_key(hours: int, at: str, key: str) -> None:
+    with pytest.raises(ValueError, match=key):
+        Rotation(hours, at)
+
+
+# ------------------------------------------------------------------------- config keys
+def _privacy(lines: str) -> str:
+    return MINIMAL + "[privacy]\n" + lines + "\n"
+
+
+def test_privacy_defaults_and_values() -> None:
+    cfg = parse_config(MINIMAL)
+    assert cfg.privacy == PrivacyConfig(rotate_hours=24, rotate_at="04:00", retention_days=1.0)
+    assert cfg.privacy.retention_s == 86400.0
+    printed = tomllib.loads(to_toml(cfg))
+    assert printed["privacy"] == {"rotate_hours": 24, "rotate_at": "04:00",
+                                  "retention_days": 1.0}
+    cfg = parse_config(_privacy('rotate_hours = 168\nrotate_at = "05:30"\nretention_days = 7'))
+    assert cfg.privacy == PrivacyConfig(168, "05:30", 7.0)
+    assert parse_config(to_toml(cfg)).privacy == cfg.privacy
+
+
+@pytest.mark.parametrize(("line", "key"), [
+    ("rotate_hours = 5", "privacy.rotate_hours"),
+    ("rotate_hours = 0", "privacy.rotate_hours"),
+    ("rotate_hours = 24.0", "privacy.rotate_hours"),
+    ('rotate_at = "25:00"', "privacy.rotate_at"),
+    ("rotate_at = 4", "privacy.rotate_at"),
+    ("retention_days = 0", "privacy.retention_days"),
+    ("retention_days = -1", "privacy.retention_days"),
+    ("retain_days = 1", "privacy.retain_days"),
+])
+def test_privacy_refusals_name_the_key(line: str, key: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config(_privacy(line), "gw.toml")
+    assert e.value.key == key
+
+
+def test_privacy_keys_are_in_the_config_reference() -> None:
+    from dataclasses import fields
+
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    reference = doc[doc.index("## Config reference"):]
+    for f in fields(PrivacyConfig):
+        assert re.search(rf"`privacy\.{f.name}`", reference), f.name
