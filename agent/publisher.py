@@ -693,6 +693,8 @@ class Publisher:
             return True
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             # The connection is going away; the next one starts over from the outbox.
+            self._log.debug("MQTT: row %d not sent (%s); the connection is going away",
+                            msg.row, info.rc)
             return False
         s.inflight[info.mid] = _Flight(msg.row, lane == "backlog", time.monotonic())
         self._sent += 1

@@ -168,7 +168,9 @@ def test_message_the_broker_answers_by_closing_the_connection_is_isolated(
         async def scenario() -> None:
             task = await deliver(pub, outbox, timeout=30)
             stats = pub.stats()
-            assert stats.dead_lettered == 1 and 3 <= stats.reconnects <= 4
+            # Three losses with it alone in flight; now and then a connection also drops
+            # before anything was sent on it, which is no strike.
+            assert stats.dead_lettered == 1 and 3 <= stats.reconnects <= 8
             assert not task.done()
             await pub.stop()
             await task
