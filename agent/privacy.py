@@ -26,7 +26,8 @@ cannot promise to overwrite its memory).
 
 **Memory.** Raw ids live between decoding and hashing. A cache of the current epoch's
 pseudonyms, keyed by raw id, saves the HMAC for wristbands read over and over: it holds at
-most ``cache_size`` (4096) ids per protocol, is emptied when full and at every rotation.
+most ``cache_size`` (4096) ids per protocol, drops the older half when full, and is emptied
+at every rotation.
 
 What this does not protect against (see docs/privacy.md): whoever holds the master key and
 a raw id (e.g. the venue, reading a wristband) can compute that id's pseudonym for any epoch
@@ -35,6 +36,7 @@ and so re-link it; pseudonyms of one epoch link a guest's reads at one gateway f
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import math
@@ -46,7 +48,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +201,11 @@ class Pseudonymizer:
 
     ``at(ts)`` selects the epoch of a batch of reads stamped ``ts`` (forward only) and
     returns the pseudonymiser; calls before any ``at`` use the epoch of the wall clock.
+
+    The cache holds at most ``cache_size`` raw ids per protocol, in two generations: when
+    the current one is half full it becomes the previous one (the one before is dropped),
+    and a hit in the previous one moves the id back. Wristbands read over and over stay
+    cached; a venue with more live wristbands than fit costs an HMAC (about 1.5 us) per miss.
     """
 
     def __init__(self, key: bytes, privacy: RotationSettings | None = None, *,
@@ -207,10 +214,12 @@ class Pseudonymizer:
             raise ValueError("pseudonym key must be at least 16 bytes")
         self._master = bytes(key)
         self.rotation = rotation if rotation is not None else Rotation.of(privacy)
-        self._cache_size = cache_size
-        # One cache per protocol, keyed by the raw id alone: no tuple to build per read.
+        self._generation = max(1, cache_size // 2)
+        # Per protocol, keyed by the raw id alone: no tuple to build per read.
         self._cache: dict[str, dict[bytes, int]] = {}
-        self._key = b""
+        self._previous: dict[str, dict[bytes, int]] = {}
+        self._prefix: dict[str, bytes] = {}
+        self._mac: Any = None  # HMAC-SHA256 keyed with the epoch key, copied per miss
         self.epoch: int | None = None
         self.rotations = 0  # rotations since start (the first epoch does not count)
         # [_lo, _hi): the times known to be in the current epoch (the fast path of at()).
@@ -228,8 +237,10 @@ class Pseudonymizer:
 
     def _enter(self, e: int) -> None:
         first = self.epoch is None
-        self._key = epoch_key(self._master, e)  # the old epoch key is dropped here
+        # The old epoch key goes with the old HMAC object and the caches of its pseudonyms.
+        self._mac = hmac.new(epoch_key(self._master, e), digestmod=hashlib.sha256)
         self._cache.clear()
+        self._previous.clear()
         self.epoch = e
         self._lo, self._hi = self.rotation.start(e), self.rotation.start(e + 1)
         if not first:
@@ -240,21 +251,37 @@ class Pseudonymizer:
                  "" if first else "; rotated: earlier pseudonyms cannot be linked to new ones")
 
     def __call__(self, protocol: str, tag_id: bytes) -> int:
-        if self.epoch is None:
-            self.at(time.time())
         cache = self._cache.get(protocol)
         if cache is None:
-            cache = self._cache[protocol] = {}
+            cache = self._start_protocol(protocol)
         p = cache.get(tag_id)
         if p is None:
-            digest = hmac.digest(self._key, protocol.encode() + b":" + tag_id, "sha256")
+            p = self._miss(protocol, cache, tag_id)
+        return p
+
+    def _start_protocol(self, protocol: str) -> dict[bytes, int]:
+        if self.epoch is None:
+            self.at(time.time())
+        self._prefix[protocol] = protocol.encode() + b":"
+        self._previous[protocol] = {}
+        cache: dict[bytes, int] = {}
+        self._cache[protocol] = cache
+        return cache
+
+    def _miss(self, protocol: str, cache: dict[bytes, int], tag_id: bytes) -> int:
+        p = self._previous[protocol].get(tag_id)
+        if p is None:
+            mac = self._mac.copy()
+            mac.update(self._prefix[protocol] + tag_id)
             # 0 marks an empty slot in the kernels' hash table.
-            p = int.from_bytes(digest[:8], "little") or 1
-            if len(cache) >= self._cache_size:
-                cache.clear()
-            cache[tag_id] = p
+            p = int.from_bytes(mac.digest()[:8], "little") or 1
+        if len(cache) >= self._generation:
+            self._previous[protocol] = cache
+            cache = self._cache[protocol] = {}
+        cache[tag_id] = p
         return p
 
     def cached(self) -> int:
-        """Raw ids held in the cache now (all protocols)."""
-        return sum(len(c) for c in self._cache.values())
+        """Raw ids held in the cache now (all protocols, both generations)."""
+        return sum(len(c) for c in self._cache.values()) + sum(
+            len(c) for c in self._previous.values())

@@ -223,3 +223,19 @@ def test_privacy_keys_are_in_the_config_reference() -> None:
     reference = doc[doc.index("## Config reference"):]
     for f in fields(PrivacyConfig):
         assert re.search(rf"`privacy\.{f.name}`", reference), f.name
+
+
+def test_run_refuses_to_start_with_a_readable_key(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """`venue-agent run` stops before anything starts, naming the key file and the fix."""
+    from agent import cli
+
+    key = tmp_path / "pseudonym.key"
+    load_or_create_key(key)
+    key.chmod(0o644)
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text(MINIMAL.replace('path = "/var/lib/venue-agent/agent.db"',
+                                   f'path = "{tmp_path / "agent.db"}"'))
+    assert cli.main(["run", "--config", str(cfg), "--duration", "0.1"]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot start: pseudonym key {key}" in err and f"chmod 600 {key}" in err
