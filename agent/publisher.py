@@ -167,8 +167,8 @@ class _Session:
 _TRANSIENT = frozenset({0x91, 0x97})  # packet identifier in use, quota exceeded
 # A row that was the only one in flight when the broker closed the connection, this soon
 # after it was sent, this many times in a row, is taken to be what the broker refuses
-# (an MQTT 3.1.1 broker's message_size_limit, for one, just closes the connection).
-_POISON_WINDOW_S = 5.0
+# (see Publisher._after_loss).
+_POISON_WINDOW_S = 2.0
 _POISON_STRIKES = 3
 
 REASON_LOST = "connection lost"  # the Last Will's reason
@@ -544,14 +544,16 @@ class Publisher:
         """Poison check after a lost connection.
 
         A broker that cannot take a message may close the connection instead of refusing
-        it (an MQTT 3.1.1 broker over its message_size_limit). After a loss with rows in
-        flight, the next connection sends one row at a time for a while; a row that is the
-        only one in flight when the connection drops, right after it was sent, three times
-        in a row, goes to the dead letters instead of killing every connection.
+        it (Mosquitto over its max_packet_size with MQTT 3.1.1, or over message_size_limit
+        with MQTT 5). After a loss with rows in flight, the next connection sends one row
+        at a time for a while; a row that is the only one in flight when the connection
+        drops, within 2 s of being sent and after the broker acknowledged the birth on that
+        connection (so the link itself worked), three times in a row, goes to the dead
+        letters instead of killing every connection.
         """
         if not session.inflight:
             return
-        if len(session.inflight) == 1 and self._probe_left:
+        if len(session.inflight) == 1 and self._probe_left and not session.control:
             (flight,) = session.inflight.values()
             if time.monotonic() - flight.sent_at <= _POISON_WINDOW_S:
                 strikes = self._strikes[flight.row] = self._strikes.get(flight.row, 0) + 1

@@ -150,20 +150,25 @@ def test_payload_over_the_brokers_maximum_packet_size_is_dead_lettered(tmp_path:
         outbox.close()
 
 
+@pytest.mark.parametrize(
+    ("protocol", "limit"),
+    [("3.1.1", "max_packet_size 2000"), ("5", "message_size_limit 1000")],
+)
 def test_message_the_broker_answers_by_closing_the_connection_is_isolated(
-    tmp_path: Path,
+    tmp_path: Path, protocol: str, limit: str
 ) -> None:
-    """MQTT 3.1.1 has no way to refuse a message: Mosquitto closes the connection on a
-    packet over max_packet_size. The row is found by sending one at a time after a loss,
-    and dead-lettered after three such losses; everything else gets through."""
-    with start_mosquitto(tmp_path / "broker", extra_conf=["max_packet_size 2000"]) as broker:
+    """Mosquitto closes the connection on a packet over max_packet_size (MQTT 3.1.1 has no
+    way to refuse a message) or, with MQTT 5, over message_size_limit (not announced in
+    CONNACK). The row is found by sending one at a time after a loss, and dead-lettered
+    after three such losses; everything else gets through."""
+    with start_mosquitto(tmp_path / "broker", extra_conf=[limit]) as broker:
         outbox = Outbox(tmp_path / "o.db")
         for n in range(5):
             outbox.enqueue(MOMENT, {"n": n}, seq_stream="guaranteed")
         outbox.enqueue(MOMENT, {"n": 5, "pad": "x" * 5000}, seq_stream="guaranteed")
         for n in range(6, 30):
             outbox.enqueue(MOMENT, {"n": n}, seq_stream="guaranteed")
-        pub = make_publisher(broker.url, outbox, protocol="3.1.1", replay_per_s=None)
+        pub = make_publisher(broker.url, outbox, protocol=protocol, replay_per_s=None)
 
         async def scenario() -> None:
             task = await deliver(pub, outbox, timeout=30)
