@@ -27,6 +27,11 @@ DEP_TIMEOUT = 1
 DEP_FIFO = 2
 DEP_MOVED = 3
 
+# Bits of a queue departure's ``dep_entry`` (history.py):
+DEP_OBSERVED = 1  # the visit was read at the entry while the engine watched
+DEP_ONE_IN = 2  # ... by a single read there (a stray passer-by is read once)
+DEP_ONE_OUT = 4  # an exit read once so far (cleared by a repeat read while the tag is held)
+
 # Slots of the engine's int64 counter array.
 C_FREE_TOP = 0  # number of free tag rows on the free stack
 C_READS = 1  # reads applied

@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 # Version of the layout ZoneEngine.snapshot writes; restore refuses newer ones.
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
 
 
 class SnapshotMismatch(ValueError):
@@ -134,6 +134,8 @@ class EngineParams:
         Chapman's bias correction; more shrinks a correction harder while recaptures are few).
     read_rate_z: counts are divided by the read rate plus this many standard errors (the
         smallest correction the recaptures support; 0: the point estimate).
+    stray_z: strays (tags read once at one end, see window_stats.stray_count) are estimated
+        less this many standard errors (0: the point estimate, floored at 0).
     joining_window_s: window of the service rate behind wait_joining_s.
     stall_s: the service rate is exits over the time the queue was serving: a silence of
         the exit reader longer than this (a stopped ride) counts as this long; silent for
@@ -162,6 +164,7 @@ class EngineParams:
     min_read_rate: float = 0.1
     read_rate_prior: float = 10.0
     read_rate_z: float = 1.0
+    stray_z: float = 0.5
     joining_window_s: float = 600.0
     stall_s: float = 60.0
     interval_alpha: float = 0.25
@@ -185,7 +188,8 @@ class EngineParams:
                 raise ValueError(f"{name} must be finite and > 0, got {v!r}")
         if not (np.isfinite(self.fifo_slack_s) and self.fifo_slack_s >= 0):
             raise ValueError(f"fifo_slack_s must be finite and >= 0, got {self.fifo_slack_s!r}")
-        for name in ("ble_decay_db_per_s", "ble_margin_db", "ble_holdoff_s", "read_rate_z"):
+        for name in ("ble_decay_db_per_s", "ble_margin_db", "ble_holdoff_s", "read_rate_z",
+                     "stray_z"):
             v = getattr(self, name)
             if not (np.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be finite and >= 0, got {v!r}")
@@ -308,6 +312,10 @@ class ZoneEngine:
         self._row_pend_key = np.full(m, -1, dtype=np.int32)  # reads short of min_reads
         self._row_pend_n = np.zeros(m, dtype=np.int32)
         self._row_pend_t = np.zeros(m, dtype=np.float64)
+        # reads at the reader that made the state (entry reads in a queue, exit reads while
+        # held), and the ring position of a held tag's exit record (strays: window_stats.py)
+        self._row_nreads = np.zeros(m, dtype=np.int32)
+        self._row_dep = np.full(m, -1, dtype=np.int64)
         k = p.ble_candidates
         self._cand_reader = np.full((m, k), -1, dtype=np.int32)
         self._cand_s = np.zeros((m, k), dtype=np.float64)
@@ -336,6 +344,8 @@ class ZoneEngine:
         self._arr_n = np.zeros(z, dtype=np.int64)
         self._q_first = np.zeros(m, dtype=np.float64)  # queue_order.queue_entries (scratch)
         self._q_off = np.zeros(z + 1, dtype=np.int64)
+        self._q_one = np.zeros(m, dtype=np.float64)  # ... single-read tags in line (scratch)
+        self._q_one_n = np.zeros(z, dtype=np.int64)
         self._now = -np.inf
         self._t_start = np.inf  # earliest read or tick seen (see rate_span_s)
         self._t_seen = -np.inf  # latest read seen
@@ -391,6 +401,8 @@ class ZoneEngine:
             self._row_pend_key,
             self._row_pend_n,
             self._row_pend_t,
+            self._row_nreads,
+            self._row_dep,
             self._cand_reader,
             self._cand_s,
             self._cand_t,
@@ -450,6 +462,7 @@ class ZoneEngine:
             self._row_entry,
             self._row_ivl,
             self._row_ivl_dev,
+            self._row_nreads,
         )
         queue_entries(
             t.zone_kind,
@@ -457,8 +470,12 @@ class ZoneEngine:
             self._row_state,
             self._row_zone,
             self._row_first,
+            self._row_entry,
+            self._row_nreads,
             self._q_first,
             self._q_off,
+            self._q_one,
+            self._q_one_n,
         )
         out_f = np.empty((N_FLOAT_METRICS, t.n_zones), dtype=np.float64)
         method = np.zeros(t.n_zones, dtype=np.int8)
@@ -478,6 +495,7 @@ class ZoneEngine:
             np.float64(p.read_rate_window_s),
             np.float64(p.read_rate_prior),
             np.float64(p.read_rate_z),
+            np.float64(p.stray_z),
             np.float64(p.joining_window_s),
             np.float64(p.stall_s),
             np.float64(self._gap_lo),
@@ -496,6 +514,8 @@ class ZoneEngine:
             self._min_wait,
             self._q_first,
             self._q_off,
+            self._q_one,
+            self._q_one_n,
             out_f,
             method,
             ql_method,
@@ -513,7 +533,7 @@ class ZoneEngine:
 
     # -- checkpoints -----------------------------------------------------------------------
     def _state_arrays(self) -> dict[str, np.ndarray]:
-        skip = ("_q_first", "_q_off", "_ble")  # scratch, and a copy of the params
+        skip = ("_q_first", "_q_off", "_q_one", "_q_one_n", "_ble")  # scratch, and a copy of the params
         return {
             name: value
             for name, value in vars(self).items()

@@ -7,8 +7,12 @@ at least a window's worth of events (C = history); older events are overwritten 
 
 Departures: ``dep_t`` float64 seconds (the departure time), ``dep_dur`` float64 seconds (the
 measured wait for queue exits seen at both ends, the dwell for area visits, NaN otherwise),
-``dep_kind`` int8 (codes.DEP_*), ``dep_entry`` int8 (1 if the visit was read at a queue's entry
-reader: the capture-recapture read-rate estimates count these). Arrivals: ``arr_t`` float64 seconds (first read of a visit).
+``dep_kind`` int8 (codes.DEP_*), ``dep_entry`` int8 bits (queue zones): DEP_OBSERVED if the
+visit was read at the entry reader while the engine watched (the capture-recapture read-rate
+estimates count these), DEP_ONE_IN if by a single read there, DEP_ONE_OUT for an exit read only
+once so far (a tag held after its exit clears it at its second exit read, if its record is
+still in the ring). Strays (passers-by read once) show as an excess of single reads.
+Arrivals: ``arr_t`` float64 seconds (first read of a visit).
 """
 
 from __future__ import annotations

@@ -38,6 +38,8 @@ from .codes import (
     C_READS,
     DEP_EXIT,
     DEP_MOVED,
+    DEP_ONE_IN,
+    DEP_ONE_OUT,
     TAG_EXITED,
     TAG_FREE,
     TAG_IN,
@@ -106,6 +108,8 @@ def ingest_reads(
     row_pend_key: np.ndarray,
     row_pend_n: np.ndarray,
     row_pend_t: np.ndarray,
+    row_nreads: np.ndarray,
+    row_dep: np.ndarray,
     cand_reader: np.ndarray,
     cand_s: np.ndarray,
     cand_t: np.ndarray,
@@ -254,6 +258,15 @@ def ingest_reads(
                     err = t - row_last[row] - row_ivl[row]
                 row_ivl[row] += interval_alpha * err
                 row_ivl_dev[row] += interval_alpha * (abs(err) - row_ivl_dev[row])
+            if zone_kind[z] != KIND_AREA:
+                # reads of the band at the reader that made the state (strays are read once)
+                if state == TAG_IN and role == ROLE_ENTRY:
+                    row_nreads[row] += 1
+                elif queue_exit:
+                    row_nreads[row] += 1
+                    seq = row_dep[row]
+                    if row_nreads[row] == 2 and dep_n[z] - seq <= dep_t.shape[1] and seq >= 0:
+                        dep_entry[z, seq % dep_t.shape[1]] &= ~DEP_ONE_OUT
             row_last[row] = t
             row_pend_key[row] = -1
             continue
@@ -308,7 +321,7 @@ def ingest_reads(
                         t0,
                         np.nan,
                         DEP_MOVED,
-                        observed_entry(row_entry[row], row_first[row], obs_start),
+                        entry_flags(row_entry[row], row_first[row], obs_start, row_nreads[row]),
                     )
                 zone_count[zp] -= 1
             state = TAG_FREE
@@ -320,11 +333,13 @@ def ingest_reads(
             row_last[row] = t
             row_ivl[row] = np.nan
             row_entry[row] = 1 if (role == ROLE_ENTRY and zone_kind[z] != KIND_AREA) else 0
+            row_nreads[row] = max(need, 1)
             zone_count[z] += 1
             push_arrival(arr_t, arr_n, z, t0)
         elif state == TAG_IN:  # queue exit of a tag in the queue: a completed visit
             dur = np.nan
             entry = observed_entry(row_entry[row], row_first[row], obs_start)
+            flags = entry_flags(row_entry[row], row_first[row], obs_start, row_nreads[row])
             if row_entry[row] == 1:
                 dur = t0 - row_first[row]
                 min_wait[z] = min(min_wait[z], dur)
@@ -335,12 +350,20 @@ def ingest_reads(
                     rr_seen[z] += 1
                     if rr_seen[z] == witnesses:
                         rr_from[z] = t0
-            push_departure(dep_t, dep_dur, dep_kind, dep_entry, dep_n, z, t0, dur, DEP_EXIT, entry)
+            one = DEP_ONE_OUT if need <= 1 else 0
+            row_dep[row] = dep_n[z]
+            row_nreads[row] = max(need, 1)
+            push_departure(
+                dep_t, dep_dur, dep_kind, dep_entry, dep_n, z, t0, dur, DEP_EXIT, flags | one
+            )
             zone_count[z] -= 1
             row_state[row] = TAG_EXITED
             row_last[row] = t
         else:  # seen only at the exit: counts toward throughput, no wait
-            push_departure(dep_t, dep_dur, dep_kind, dep_entry, dep_n, z, t0, np.nan, DEP_EXIT, 0)
+            one = DEP_ONE_OUT if need <= 1 else 0
+            row_dep[row] = dep_n[z]
+            row_nreads[row] = max(need, 1)
+            push_departure(dep_t, dep_dur, dep_kind, dep_entry, dep_n, z, t0, np.nan, DEP_EXIT, one)
             row_zone[row] = z
             row_state[row] = TAG_EXITED
             row_first[row] = t0
@@ -352,3 +375,11 @@ def ingest_reads(
 def observed_entry(entry: int, first: float, obs_start: float) -> int:
     """1 if a visit was read at the entry while the engine watched (for the read rates)."""
     return 1 if entry == 1 and first >= obs_start else 0
+
+
+@jit
+def entry_flags(entry: int, first: float, obs_start: float, nreads: int) -> int:
+    """A queue departure's ``dep_entry`` bits: DEP_OBSERVED (observed_entry), plus DEP_ONE_IN
+    when that entry was a single read (a stray passer-by is read once; history.py)."""
+    obs = observed_entry(entry, first, obs_start)
+    return obs | (DEP_ONE_IN if obs == 1 and nreads == 1 else 0)

@@ -29,15 +29,22 @@ def queue_entries(
     row_state: np.ndarray,
     row_zone: np.ndarray,
     row_first: np.ndarray,
+    row_entry: np.ndarray,
+    row_nreads: np.ndarray,
     out_first: np.ndarray,
     out_off: np.ndarray,
+    out_one: np.ndarray,
+    out_one_n: np.ndarray,
 ) -> None:
-    """Fill ``out_first`` (float64[M]) and ``out_off`` (int64[Z + 1]), see the module doc."""
+    """Fill ``out_first`` (float64[M]) and ``out_off`` (int64[Z + 1]), see the module doc;
+    and ``out_one`` (float64[M]) the same way, zone z's segment starting at ``out_off[z]``,
+    with the ``out_one_n[z]`` tags that joined by a single entry read (the stray candidates)."""
     nz = zone_kind.size
     out_off[0] = 0
     for z in range(nz):
         n = zone_count[z] if zone_kind[z] != KIND_AREA else 0
         out_off[z + 1] = out_off[z] + n
+        out_one_n[z] = 0
     fill = out_off[:nz].copy()
     for row in range(row_state.size):
         if row_state[row] == TAG_IN:
@@ -45,10 +52,16 @@ def queue_entries(
             if zone_kind[z] != KIND_AREA:
                 out_first[fill[z]] = row_first[row]
                 fill[z] += 1
+                if row_entry[row] == 1 and row_nreads[row] == 1:
+                    out_one[out_off[z] + out_one_n[z]] = row_first[row]
+                    out_one_n[z] += 1
     for z in range(nz):
         lo, hi = out_off[z], out_off[z + 1]
         if hi - lo > 1:
             out_first[lo:hi] = np.sort(out_first[lo:hi])
+        hi = lo + out_one_n[z]
+        if hi - lo > 1:
+            out_one[lo:hi] = np.sort(out_one[lo:hi])
 
 
 @jit

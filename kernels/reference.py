@@ -63,14 +63,26 @@ class _Tag:
     pend_key: int = -1  # reads in a row toward a transition (reader, or R + zone for BLE)
     pend_n: int = 0
     pend_t: float = 0.0  # ... the first of them
+    nreads: int = 1  # reads at the reader that made the state (entry in line; exit if held)
+    dep: list[Any] | None = None  # a held tag's exit record (its one_out flag)
 
 
-def read_rate_est(both: int, seen: int, p: EngineParams) -> tuple[float, float, float]:
+def read_rate_est(both: int, seen: float, p: EngineParams) -> tuple[float, float, float]:
     """(estimate shrunk toward 1, standard error, rate a count is divided by)."""
     n = seen + p.read_rate_prior
     rate = (both + p.read_rate_prior) / n
     sd = math.sqrt(rate * (1.0 - rate) / n)
     return rate, sd, max(min(1.0, rate + p.read_rate_z * sd), p.min_read_rate)
+
+
+def stray_count(ones: int, n: int, both_ones: int, both: int, z: float) -> float:
+    """Strays among n one-ended tags, ``ones`` of them read once (window_stats.stray_count)."""
+    if both <= 0 or both_ones >= both or n <= 0:
+        return 0.0
+    s = both_ones / both
+    est = (ones - s * n) / (1.0 - s)
+    var = (n * s * (1.0 - s) + n * n * s * (1.0 - s) / both) / ((1.0 - s) * (1.0 - s))
+    return min(max(0.0, est - z * math.sqrt(var)), float(ones))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -94,7 +106,8 @@ class ReferenceEngine:
         self.cands: dict[int, list[list[float]]] = {}
         z = topo.n_zones
         self.zone_count = [0] * z
-        self.departures: list[deque[tuple[float, float, int, bool]]] = [
+        # [t, dur, kind, read at the entry (observed), ... once, exit read once so far]
+        self.departures: list[deque[list[Any]]] = [
             deque(maxlen=p.history) for _ in range(z)
         ]
         self.arrivals: list[deque[float]] = [deque(maxlen=p.history) for _ in range(z)]
@@ -170,6 +183,13 @@ class ReferenceEngine:
                 err = t - tg.last - tg.ivl
                 tg.ivl += p.interval_alpha * err
                 tg.dev += p.interval_alpha * (abs(err) - tg.dev)
+            if not area:
+                if state == TAG_IN and role == ROLE_ENTRY:
+                    tg.nreads += 1
+                elif queue_exit:
+                    tg.nreads += 1
+                    if tg.nreads == 2 and tg.dep is not None:
+                        tg.dep[5] = False  # (harmless once the ring has dropped it)
             tg.last = t
             tg.pend_key = -1
             return
@@ -196,11 +216,13 @@ class ReferenceEngine:
                 if topo.zone_kind[tg.zone] == KIND_AREA:
                     self._depart(tg.zone, tg.last, tg.last - tg.first, DEP_MOVED, False)
                 else:
-                    self._depart(tg.zone, t0, math.nan, DEP_MOVED, self._observed(tg))
+                    obs = self._observed(tg)
+                    self._depart(tg.zone, t0, math.nan, DEP_MOVED, obs, obs and tg.nreads == 1)
             state = None
 
         if not queue_exit:  # a new visit
-            self.tags[key] = _Tag(z, TAG_IN, t0, t, role == ROLE_ENTRY and not area)
+            self.tags[key] = _Tag(z, TAG_IN, t0, t, role == ROLE_ENTRY and not area,
+                                  nreads=max(need, 1))
             self.zone_count[z] += 1
             self.arrivals[z].append(t0)
         elif tg is not None and state == TAG_IN:
@@ -214,11 +236,13 @@ class ReferenceEngine:
                     self.rr_seen[z] += 1
                     if self.rr_seen[z] == p.fifo_witnesses:
                         self.rr_from[z] = t0
-            self._depart(z, t0, dur, DEP_EXIT, entry)
-            tg.state, tg.last = TAG_EXITED, t
+            tg.dep = self._depart(z, t0, dur, DEP_EXIT, entry, entry and tg.nreads == 1,
+                                  need <= 1)
+            tg.state, tg.last, tg.nreads = TAG_EXITED, t, max(need, 1)
         else:  # seen only at the exit
-            self.departures[z].append((t0, math.nan, DEP_EXIT, False))
-            self.tags[key] = _Tag(z, TAG_EXITED, t0, t, False)
+            rec = [t0, math.nan, DEP_EXIT, False, False, need <= 1]
+            self.departures[z].append(rec)
+            self.tags[key] = _Tag(z, TAG_EXITED, t0, t, False, nreads=max(need, 1), dep=rec)
 
     def _observed(self, tg: _Tag) -> bool:
         """Read at the entry while the engine watched (counts for the read rates)."""
@@ -265,9 +289,20 @@ class ReferenceEngine:
             return zb
         return here
 
-    def _depart(self, z: int, t: float, dur: float, kind: int, entry: bool) -> None:
-        self.departures[z].append((t, dur, kind, entry))
+    def _depart(
+        self,
+        z: int,
+        t: float,
+        dur: float,
+        kind: int,
+        entry: bool,
+        one_in: bool = False,
+        one_out: bool = False,
+    ) -> list[Any]:
+        rec = [t, dur, kind, entry, one_in, one_out]
+        self.departures[z].append(rec)
         self.zone_count[z] -= 1
+        return rec
 
     def _fifo_witness(self, z: int, entry_t: float) -> None:
         w = self.fifo_entries[z]
@@ -311,7 +346,8 @@ class ReferenceEngine:
                 if area:
                     self._depart(tg.zone, tg.last, tg.last - tg.first, kind, False)
                 else:
-                    self._depart(tg.zone, now, math.nan, kind, self._observed(tg))
+                    obs = self._observed(tg)
+                    self._depart(tg.zone, now, math.nan, kind, obs, obs and tg.nreads == 1)
                 self._forget(key)
             else:  # held after an exit, or short of min_reads
                 hold = self.params.exit_hold_s if tg.state == TAG_EXITED else timeout
@@ -334,14 +370,16 @@ class ReferenceEngine:
             deps = self.departures[z]
             served = sum(
                 1
-                for t, _, kind, _ in deps
+                for t, _, kind, *_ in deps
                 if t > now - p.rate_window_s and (area or kind == DEP_EXIT)
             )
             # in the order recorded: the last ones are the latest
-            durs = [d for t, d, _, _ in deps if t > now - p.window_s and not math.isnan(d)]
+            durs = [d for t, d, *_ in deps if t > now - p.window_s and not math.isnan(d)]
             # exits in joining_window_s (in the order recorded) and the time between them,
             # stalls cut to stall_s, up to now: the service rate is (exits - 1) / that time
-            exit_ts = [t for t, _, kind, _ in deps if t > now - p.joining_window_s and kind == DEP_EXIT]
+            exit_ts = [
+                t for t, _, kind, *_ in deps if t > now - p.joining_window_s and kind == DEP_EXIT
+            ]
             served_j, busy, last_exit = len(exit_ts), 0.0, -math.inf
             for i, t in enumerate(exit_ts):
                 if i > 0:
@@ -350,12 +388,12 @@ class ReferenceEngine:
             silence = now - last_exit
             busy += min(max(0.0, silence), p.stall_s)
             recent = [
-                (kind, entry)
-                for t, _, kind, entry in deps
+                (kind, entry, one_in, one_out)
+                for t, _, kind, entry, one_in, one_out in deps
                 if t > now - p.read_rate_window_s and (t >= self.rr_from[z] or t <= self.gap_lo)
             ]
             shortest = min(
-                (d for t, d, _, _ in deps if t > now - p.read_rate_window_s and not math.isnan(d)),
+                (d for t, d, *_ in deps if t > now - p.read_rate_window_s and not math.isnan(d)),
                 default=math.nan,
             )
             arrived = sum(1 for t in self.arrivals[z] if t > now - p.rate_window_s)
@@ -375,26 +413,43 @@ class ReferenceEngine:
                 frontier = min(w) if len(w) == p.fifo_witnesses else -math.inf
                 line = line[bisect.bisect_left(line, frontier) :]
                 count = float(len(line))
+                ones = sum(
+                    1
+                    for tg in self.tags.values()
+                    if tg.zone == z and tg.state == TAG_IN and tg.entry and tg.nreads == 1
+                    and tg.first >= frontier
+                )
             samples[z] = len(durs)
             if durs:
                 out["dwell_p50_s"][z] = percentile(durs, 50)
                 out["dwell_p90_s"][z] = percentile(durs, 90)
             if not area:
                 # Lincoln-Petersen: tags read at the exit that were also read at the entry.
-                exits = sum(1 for kind, _ in recent if kind == DEP_EXIT)
-                both = sum(1 for kind, entry in recent if kind == DEP_EXIT and entry)
-                missed = sum(1 for kind, entry in recent if kind != DEP_EXIT and entry)
+                exits = sum(1 for kind, *_ in recent if kind == DEP_EXIT)
+                both = sum(1 for kind, entry, *_ in recent if kind == DEP_EXIT and entry)
+                missed = sum(1 for kind, entry, *_ in recent if kind != DEP_EXIT and entry)
+                both_one_in = sum(1 for k, e, o, _ in recent if k == DEP_EXIT and e and o)
+                both_one_out = sum(1 for k, e, _, o in recent if k == DEP_EXIT and e and o)
+                missed_one = sum(1 for k, e, o, _ in recent if k != DEP_EXIT and e and o)
+                exit_only_one = sum(1 for k, e, _, o in recent if k == DEP_EXIT and not e and o)
                 rate_out = 1.0
+                keep_out = 1.0
                 ql_method[z] = QL_UNCORRECTED
                 if both >= p.min_recaptures:
-                    p_in, sd_in, read_rate = read_rate_est(both, exits, p)
-                    p_out, _, rate_out = read_rate_est(both, both + missed, p)
+                    s_in = stray_count(missed_one, missed, both_one_in, both, p.stray_z)
+                    s_out = stray_count(exit_only_one, exits - both, both_one_out, both, p.stray_z)
+                    if s_in > 0.0:
+                        count -= ones * s_in / (both_one_in + missed_one)
+                        arrivals *= 1.0 - s_in / (both + missed)
+                    keep_out = 1.0 - s_out / exits
+                    p_in, sd_in, read_rate = read_rate_est(both, exits - s_out, p)
+                    p_out, _, rate_out = read_rate_est(both, both + missed - s_in, p)
                     out["entry_read_rate"][z] = p_in
                     out["entry_read_rate_sd"][z] = sd_in
                     out["exit_read_rate"][z] = p_out
                     ql_method[z] = QL_CORRECTED
                 arrivals /= read_rate
-                throughput /= rate_out
+                throughput *= keep_out / rate_out
                 count /= read_rate
                 out["queue_length_factor"][z] = 1.0 / read_rate
             else:
@@ -405,7 +460,7 @@ class ReferenceEngine:
                 continue
             out["queue_length"][z] = count
             walk = 0.0 if math.isinf(self.min_wait[z]) else self.min_wait[z]
-            mu_j = (served_j - 1) / busy / rate_out if busy > 0 else 0.0
+            mu_j = (served_j - 1) / busy * keep_out / rate_out if busy > 0 else 0.0
             stalled = silence > 2.0 * p.stall_s
             if count == 0:
                 out["wait_joining_s"][z] = walk
@@ -448,7 +503,8 @@ class ReferenceEngine:
     # -- checkpoints -----------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         """The whole state (deep-copied), with ``format`` and ``fingerprint`` like ZoneEngine's."""
-        state = {k: copy.deepcopy(v) for k, v in vars(self).items() if k not in ("topo", "params")}
+        # one deepcopy: a held tag and its zone's ring share the exit record
+        state = copy.deepcopy({k: v for k, v in vars(self).items() if k not in ("topo", "params")})
         state["format"] = SNAPSHOT_FORMAT
         state["fingerprint"] = self._fingerprint
         return state
@@ -459,9 +515,9 @@ class ReferenceEngine:
             raise SnapshotMismatch(f"snapshot format {snapshot.get('format')}")
         if snapshot.get("fingerprint") != self._fingerprint:
             raise SnapshotMismatch("snapshot is of another topology or other engine parameters")
-        for k, v in snapshot.items():
-            if k not in ("format", "fingerprint"):
-                setattr(self, k, copy.deepcopy(v))
+        state = copy.deepcopy({k: v for k, v in snapshot.items() if k not in ("format", "fingerprint")})
+        for k, v in state.items():
+            setattr(self, k, v)
         down_from = max(self.now, self.t_seen)
         if math.isfinite(now) and math.isfinite(down_from) and now > down_from:
             self.gap_lo, self.gap_hi = down_from, now

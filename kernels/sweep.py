@@ -32,7 +32,7 @@ import numpy as np
 from ._jit import jit
 from .codes import DEP_FIFO, DEP_TIMEOUT, IVL_DEV_WEIGHT, TAG_EXITED, TAG_IN, TAG_PENDING
 from .history import push_departure
-from .ingest import observed_entry
+from .ingest import entry_flags
 from .tag_rows import release_row
 from .topology import KIND_AREA
 
@@ -65,6 +65,7 @@ def sweep_departures(
     row_entry: np.ndarray,
     row_ivl: np.ndarray,
     row_ivl_dev: np.ndarray,
+    row_nreads: np.ndarray,
 ) -> None:
     """Apply every departure due at ``now`` (float64 s)."""
     for row in range(row_state.size):
@@ -99,7 +100,7 @@ def sweep_departures(
                     now,
                     np.nan,
                     kind,
-                    observed_entry(row_entry[row], row_first[row], obs_start),
+                    entry_flags(row_entry[row], row_first[row], obs_start, row_nreads[row]),
                 )
             zone_count[z] -= 1
             release_row(row, slot_keys, slot_rows, shift, row_key, row_state, free_rows, counters)

@@ -43,6 +43,9 @@ import numpy as np
 from ._jit import jit
 from .codes import (
     DEP_EXIT,
+    DEP_OBSERVED,
+    DEP_ONE_IN,
+    DEP_ONE_OUT,
     M_ARRIVALS,
     M_DWELL_P50,
     M_DWELL_P90,
@@ -129,8 +132,25 @@ def forecast_boarding_wait(
 
 
 @jit
+def stray_count(ones: int, n: int, both_ones: int, both: int, z_sd: float) -> float:
+    """Strays among ``n`` one-ended tags (entry-only or exit-only) of which ``ones`` were read
+    once at that reader, given that ``both_ones`` of ``both`` genuine tags (read at both
+    ends) were read once there: a genuine band is read once with probability s = both_ones /
+    both, a stray always once, so ``ones = s (n - strays) + strays`` and ``strays = (ones -
+    s n) / (1 - s)``. Less ``z_sd`` standard errors (binomial, with the uncertainty of s),
+    within [0, ones]: the smallest discount the evidence supports. 0 when every genuine tag
+    was read once (repeats are needed to tell strays apart) or without recaptures."""
+    if both <= 0 or both_ones >= both or n <= 0:
+        return 0.0
+    s = both_ones / both
+    est = (ones - s * n) / (1.0 - s)
+    var = (n * s * (1.0 - s) + n * n * s * (1.0 - s) / both) / ((1.0 - s) * (1.0 - s))
+    return min(max(0.0, est - z_sd * np.sqrt(var)), float(ones))
+
+
+@jit
 def read_rate(
-    both: int, seen: int, prior: float, z_sd: float, floor: float
+    both: int, seen: float, prior: float, z_sd: float, floor: float
 ) -> tuple[float, float, float]:
     """A read rate from ``both`` of ``seen`` tags recaptured: (estimate, sd, rate to divide by).
 
@@ -160,6 +180,7 @@ def zone_metrics(
     read_rate_window_s: float,
     read_rate_prior: float,
     read_rate_z: float,
+    stray_z: float,
     joining_window_s: float,
     stall_s: float,
     gap_lo: float,
@@ -178,6 +199,8 @@ def zone_metrics(
     min_wait: np.ndarray,
     q_first: np.ndarray,
     q_off: np.ndarray,
+    q_one: np.ndarray,
+    q_one_n: np.ndarray,
     out_f: np.ndarray,
     out_method: np.ndarray,
     out_ql_method: np.ndarray,
@@ -204,6 +227,10 @@ def zone_metrics(
         exits = 0  # exits read, in read_rate_window_s (see rr_from)
         both = 0  # ... whose visit was also read at the entry
         missed = 0  # entry-read visits that left without an exit read, in read_rate_window_s
+        both_one_in = 0  # ... the same with a single entry read
+        both_one_out = 0
+        missed_one = 0
+        exit_only_one = 0  # exits read once whose visit was not read at the entry
         shortest = np.nan  # shortest measured wait in read_rate_window_s
         for i in range(dep_n[z] - n_dep, dep_n[z]):  # oldest to newest
             k = i % cap
@@ -226,11 +253,21 @@ def zone_metrics(
                 if not np.isnan(d) and not d >= shortest:  # shortest may still be NaN
                     shortest = d
                 if t >= rr_from[z] or t <= gap_lo:
+                    flags = dep_entry[z, k]
+                    obs = flags & DEP_OBSERVED
+                    one_in = 1 if flags & DEP_ONE_IN else 0
+                    one_out = 1 if flags & DEP_ONE_OUT else 0
                     if kind == DEP_EXIT:
                         exits += 1
-                        both += dep_entry[z, k]
+                        both += obs
+                        if obs:
+                            both_one_in += one_in
+                            both_one_out += one_out
+                        else:
+                            exit_only_one += one_out
                     else:
-                        missed += dep_entry[z, k]
+                        missed += obs
+                        missed_one += one_in
         silence = now - last_exit  # since the latest exit (inf if none in the window)
         busy += min(max(0.0, silence), stall_s)
         arrived = 0
@@ -253,24 +290,37 @@ def zone_metrics(
             out_ql_method[z] = QL_NONE
             continue
         # Queueing: the tags at or after the FIFO frontier (older ones have boarded unread).
-        line = line[np.searchsorted(line, fifo_frontier(fifo_entry, fifo_n, z)) :]
+        frontier = fifo_frontier(fifo_entry, fifo_n, z)
+        line = line[np.searchsorted(line, frontier) :]
         count = np.float64(line.size)
         rate_in = 1.0
         rate_out = 1.0
+        keep_out = 1.0  # share of the exits read that were guests (not strays)
         out_ql_method[z] = QL_UNCORRECTED
         if both >= min_recaptures:
+            strays_in = stray_count(missed_one, missed, both_one_in, both, stray_z)
+            strays_out = stray_count(
+                exit_only_one, exits - both, both_one_out, both, stray_z
+            )
+            if strays_in > 0.0:
+                # each single-read tag in line is a stray with the odds seen in departures
+                ones = q_one[q_off[z] : q_off[z] + q_one_n[z]]
+                n_ones = ones.size - np.searchsorted(ones, frontier)
+                count -= n_ones * strays_in / (both_one_in + missed_one)
+                arrivals *= 1.0 - strays_in / (both + missed)
+            keep_out = 1.0 - strays_out / exits
             p_in, sd_in, rate_in = read_rate(
-                both, exits, read_rate_prior, read_rate_z, min_read_rate
+                both, exits - strays_out, read_rate_prior, read_rate_z, min_read_rate
             )
             p_out, _, rate_out = read_rate(
-                both, both + missed, read_rate_prior, read_rate_z, min_read_rate
+                both, both + missed - strays_in, read_rate_prior, read_rate_z, min_read_rate
             )
             out_f[M_ENTRY_READ_RATE, z] = p_in
             out_f[M_ENTRY_READ_RATE_SD, z] = sd_in
             out_f[M_EXIT_READ_RATE, z] = p_out
             out_ql_method[z] = QL_CORRECTED
         arrivals /= rate_in
-        throughput /= rate_out
+        throughput *= keep_out / rate_out
         count /= rate_in
         out_f[M_LENGTH_FACTOR, z] = 1.0 / rate_in
         out_f[M_QUEUE_LENGTH, z] = count
@@ -293,7 +343,7 @@ def zone_metrics(
             method = METHOD_NONE
         out_f[M_WAIT, z] = wait
         out_method[z] = method
-        service = (served_j - 1) / busy / rate_out if busy > 0.0 else 0.0
+        service = (served_j - 1) / busy * keep_out / rate_out if busy > 0.0 else 0.0
         out_f[M_WAIT_JOINING, z] = joining_wait(
             count, service, served_j, min_measured, min_wait[z], silence > 2.0 * stall_s
         )

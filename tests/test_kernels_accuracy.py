@@ -235,3 +235,57 @@ def test_few_recaptures_shrink_the_correction_toward_none() -> None:
     assert 1.0 < m.queue_length_factor[0] < 1.2
     assert m.queue_length[0] == pytest.approx(2 * m.queue_length_factor[0])
     assert m.queue_length[0] < m.occupancy[0] * 1.2
+
+
+def noisy_reads(
+    rng: np.random.Generator, reads: list, dup_prob: float, strays_per_s: float, until: float
+) -> list:
+    """Each read repeated (geometric, mean dup_prob / (1 - dup_prob)), plus single stray reads
+    of passers-by (tags that belong to no guest) at both readers."""
+    out = []
+    for t, k, r in reads:
+        out.append((t, k, r))
+        while rng.random() < dup_prob:
+            t += 0.3
+            out.append((t, k, r))
+    n = rng.poisson(strays_per_s * until)
+    for i in range(n):
+        out.append((rng.uniform(0, until), 10**6 + i, int(rng.integers(0, 2))))
+    return out
+
+
+def test_stray_reads_are_discounted_by_their_single_reads() -> None:
+    # 60 % readers that repeat a lingering band (half the reads come twice or more) and read
+    # passers-by once now and then (0.01/s per reader, ~7 % of the reads): single-read
+    # entry-only tags that never exit are partly strays, and exit-only single reads too.
+    # Without strays the discount must cost little (stray_z=100: no discount at all).
+    def mean_errors(strays_per_s: float, **kw: float) -> tuple[float, float]:
+        rng = np.random.default_rng(11)
+        reads, arrive, leave, _ = simulate_queue(rng, p_entry=0.6, p_exit=0.6, minutes=90)
+        reads = noisy_reads(rng, reads, dup_prob=0.5, strays_per_s=strays_per_s, until=5400)
+        engine = ZoneEngine(QUEUE, max_tags=8192, fifo_slack_s=60.0, **kw)  # type: ignore[arg-type]
+        errs = []
+        for now, m in run_queue(engine, reads, 5400):
+            if now < 45 * 60:
+                continue
+            true_len = np.sum((arrive <= now) & (leave > now))
+            errs.append((m.queue_length[0] - true_len) / true_len)
+        return float(np.mean(errs)), float(np.mean(np.abs(errs)))
+
+    bias, mae = mean_errors(0.02)
+    assert abs(bias) < 0.03 and mae < 0.05, (bias, mae)  # 25 % over without the discount
+    assert mean_errors(0.02, stray_z=100.0)[1] > 0.07
+    clean_bias, clean_mae = mean_errors(0.0)
+    assert clean_mae < mean_errors(0.0, stray_z=100.0)[1] + 0.02, clean_mae
+
+
+def test_reference_agrees_with_strays_and_repeats() -> None:
+    rng = np.random.default_rng(12)
+    reads, *_ = simulate_queue(rng, p_entry=0.6, p_exit=0.6, minutes=40)
+    reads = noisy_reads(rng, reads, dup_prob=0.5, strays_per_s=0.05, until=40 * 60)
+    kw = dict(max_tags=4096, min_recaptures=5, read_rate_window_s=1200.0)
+    fast = run_queue(ZoneEngine(QUEUE, **kw), list(reads), until=40 * 60)  # type: ignore[arg-type]
+    slow = run_queue(ReferenceEngine(QUEUE, **kw), list(reads), until=40 * 60)  # type: ignore[arg-type]
+    for (_, a), (_, b) in zip(fast, slow, strict=True):
+        for name, got in a.arrays().items():
+            np.testing.assert_allclose(got, b.arrays()[name], rtol=1e-12, equal_nan=True)
