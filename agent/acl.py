@@ -120,7 +120,7 @@ def gateway_grant(cfg: Config) -> GatewayGrant:
     t = Topics(cfg.venue.id, cfg.gateway.id)
     zones = tuple(z.id for z in cfg.zones)
     teams = tuple(sorted({z.team for z in cfg.zones} | {cfg.moments.reader_team}))
-    write = [t.status, t.health]
+    write = [t.status, t.health, t.gateway_moment(ANY)]
     for z in zones:
         write += [t.zone_state(z), t.moment(z, ANY), t.nudge(z)]
     write += [t.dispatch(team) for team in teams]

@@ -68,7 +68,7 @@ PRIORITIES = ("high", "medium", "info")
 STATUS_REASONS = ("started", "shutdown", "connection lost")
 WAIT_METHODS = ("none", "measured", "littles_law")
 QUEUE_LENGTH_METHODS = ("none", "as_read", "read_rate_corrected")
-UNITS = ("s", "%")
+UNITS = ("s", "%", "messages")
 
 
 # ----------------------------------------------------------------------------- channels
@@ -115,6 +115,10 @@ CHANNELS: tuple[Channel, ...] = (
             "A zone's metrics every tick, retained and latest-wins."),
     Channel("moment", _T.moment("{zone}", "{kind}"), SCHEMA_MOMENT, 1, False,
             "Crowding moment", "A moment's lifecycle: opened, updated, resolved."),
+    Channel("gatewayMoment", _T.gateway_moment("{kind}"), SCHEMA_MOMENT, 1, False,
+            "Gateway moment", "A moment about the gateway itself: data_dropped (messages the "
+            "outbox dropped at its disk cap or that the broker refused, with counts, seq and "
+            "time ranges)."),
     Channel("dispatch", _T.dispatch("{team}"), SCHEMA_DISPATCH, 1, False, "Staff dispatch",
             "A staff alert derived from a moment, with a recommended action."),
     Channel("nudge", _T.nudge("{zone}"), SCHEMA_NUDGE, 1, False, "Guest nudge",
@@ -309,7 +313,7 @@ def _moment() -> dict[str, Any]:
                      {"type": "string", "enum": list(MOMENT_STATUSES)}),
         "opened_at": _d("When this moment opened.", _REF_TIME),
         "value": _d("The watched value now, in unit.", _NUM),
-        "unit": _d("s: seconds; %: percent of capacity.",
+        "unit": _d("s: seconds; %: percent of capacity; messages: a count (data_dropped).",
                    {"type": "string", "enum": list(UNITS)}),
         "open_level": _d("The value at which the moment opens.", _NUM),
         "clear_level": _d("The value at which it resolves (the hysteresis band's other end).",
@@ -318,6 +322,18 @@ def _moment() -> dict[str, Any]:
         "reader": _d("reader_down: the reader's id.", _REF_ID),
         "error": _d("reader_down: the reader link's last error, if any.",
                     _nullable({"type": "string"})),
+        "dropped": _d("data_dropped: what went, per stream and reason, with the seq and time "
+                      "ranges it spanned (seq gaps a consumer sees are explained here).",
+                      {"type": "array", "items": {"type": "object", "required": [
+                          "stream", "reason", "count"], "properties": {
+                          "stream": {"type": "string"},
+                          "reason": {"type": "string", "enum": [
+                              "storage_full", "too_large", "no_space", "dead_letter"]},
+                          "count": {"type": "integer", "minimum": 1},
+                          "first_seq": _nullable({"type": "integer"}),
+                          "last_seq": _nullable({"type": "integer"}),
+                          "first_at": _nullable(_REF_TIME),
+                          "last_at": _nullable(_REF_TIME)}}}),
     }
     rule_required = ["moment_id", "zone", "zone_name", "status", "opened_at", "value", "unit",
                      "open_level", "clear_level", "metrics"]
@@ -446,6 +462,12 @@ def _health() -> dict[str, Any]:
                                           "additionalProperties": reader}),
         "outbox_depth": _d("Messages stored and not yet acknowledged by the broker.", _COUNT),
         "publisher": _d("The MQTT publisher's connection and counters.", publisher),
+        "outbox": _d("The store behind delivery: depth, age of the oldest waiting message, "
+                     "dead letters, messages dropped at the disk cap or refused, size and cap "
+                     "(bytes).", {"type": "object", "properties": {
+                         "depth": _COUNT, "oldest_age_s": _nullable(_NONNEG),
+                         "dead_letters": _COUNT, "dropped": _COUNT, "refused": _COUNT,
+                         "size_bytes": _COUNT, "max_bytes": _nullable(_COUNT)}}),
         "cpu_pct": _d("CPU used by the agent since the previous health message (100: one "
                       "core).", _NONNEG),
         "rss_mb": _d("Resident memory, MB.", _NONNEG),

@@ -410,6 +410,31 @@ class GatewayCore:
                 qos=1, expiry_s=expiry, seq_stream=SEQ_GUARANTEED))
         return out
 
+    def data_dropped(self, ranges: Sequence[Any], wall: float) -> Outgoing:
+        """The ``data_dropped`` moment for what the store dropped or the broker refused.
+
+        ``ranges``: records with ``stream, reason, count, first_seq, last_seq, first_at,
+        last_at`` (``agent.outbox.DropRange``; times are wall-clock seconds). One moment that
+        opened with the first loss and is already resolved: it reports an episode, and the
+        seq gaps a consumer saw are explained by its ``dropped`` list."""
+        from agent.ids import new_id
+
+        firsts = [r.first_at for r in ranges if r.first_at is not None]
+        lasts = [r.last_at for r in ranges if r.last_at is not None]
+        dropped = [{"stream": r.stream, "reason": r.reason, "count": int(r.count),
+                    "first_seq": r.first_seq, "last_seq": r.last_seq,
+                    "first_at": rfc3339(r.first_at) if r.first_at is not None else None,
+                    "last_at": rfc3339(r.last_at) if r.last_at is not None else None}
+                   for r in ranges]
+        total = sum(int(r.count) for r in ranges)
+        body = {"moment_id": new_id(), "kind": "data_dropped", "status": "resolved",
+                "opened_at": rfc3339(min(firsts) if firsts else wall), "value": total,
+                "unit": "messages", "open_level": 1, "clear_level": 0, "dropped": dropped}
+        at = max(lasts) if lasts else wall
+        return Outgoing(self.topics.gateway_moment("data_dropped"),
+                        self.topics.envelope(SCHEMA_MOMENT, max(at, wall), **body), qos=1,
+                        seq_stream=SEQ_GUARANTEED)
+
     def status_payload(self, online: bool, reason: str, wall: float) -> dict[str, Any]:
         """The gateway's status (birth, Last Will, clean stop), stamped ``wall``."""
         return self.topics.envelope(

@@ -24,13 +24,16 @@ from dataclasses import asdict
 from typing import Any
 
 from agent.config import Config
-from agent.outbox import Outbox, OutboxFullError
+from agent.outbox import Outbox
 from agent.privacy import load_or_create_key
 from agent.sdnotify import Notifier
 from agent.topics import SCHEMA_HEALTH, Topics
 from firmware_bridge.records import RawRead
 
 log = logging.getLogger("venue_agent.runtime")
+
+# How often the outbox is asked what it dropped (a data_dropped moment per report).
+DROP_REPORT_EVERY_S = 30.0
 
 def monotonic_epoch_clock() -> Callable[[], float]:
     """Seconds since the epoch that never step: the wall clock read once at start-up, then
@@ -87,6 +90,7 @@ class Agent:
         self.tick_ms_max = 0.0
         self._sources: list[Any] = []
         self._inbox: deque[tuple[str, float, list[RawRead]]] = deque()
+        self._next_drop_report = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cpu_mark = (time.monotonic(), time.process_time())
         self.outbox = _open_outbox(cfg)
@@ -171,9 +175,11 @@ class Agent:
                                   keepalive_s=b.keepalive_s, username=b.username or None,
                                   password=password, ca_file=b.ca_file or None,
                                   protocol=b.protocol)  # type: ignore[arg-type]  # validated
+        # The will is built per connection (fresh id and at) and for the clean stop.
         return Publisher(settings, self.outbox,
-                         will=(self.topics.status, self._status(False, "connection lost")),
-                         birth=lambda: (self.topics.status, self._status(True, "started")))
+                         will=lambda reason: (self.topics.status, self._status(False, reason)),
+                         birth=lambda: (self.topics.status, self._status(True, "started")),
+                         replay_per_s=b.replay_per_s)
 
     async def _start_sources(self) -> None:
         from agent.sources import open_source
@@ -222,12 +228,18 @@ class Agent:
         result = self.core.step(now, wall)
         with self.outbox.batch():  # one transaction (one fsync) per tick
             for msg in result.messages:
-                try:
-                    self.outbox.enqueue(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain,
-                                        seq_stream=msg.seq_stream,
-                                        coalesce_key=msg.coalesce_key, expiry_s=msg.expiry_s)
-                except OutboxFullError as e:
-                    log.error("%s", e)
+                self.outbox.enqueue(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain,
+                                    seq_stream=msg.seq_stream, coalesce_key=msg.coalesce_key,
+                                    expiry_s=msg.expiry_s)
+            if time.monotonic() >= self._next_drop_report:
+                self._next_drop_report = time.monotonic() + DROP_REPORT_EVERY_S
+                report = self.outbox.take_drop_report()
+                if report is not None:
+                    log.warning("the outbox dropped %d messages (%s)", report.total,
+                                ", ".join(f"{k}: {v}" for k, v in report.by_stream().items()))
+                    msg = self.core.data_dropped(report.ranges, wall)
+                    self.outbox.enqueue(msg.topic, msg.payload, qos=msg.qos,
+                                        seq_stream=msg.seq_stream)
         for ev in result.events:
             log.info("moment %s %s %s (value %.1f%s)", ev.kind, ev.zone, ev.status, ev.value,
                      ev.unit)
@@ -245,6 +257,7 @@ class Agent:
         return {"uptime_s": round(time.monotonic() - self._created_mono, 1),  # never steps
                 "readers": self.core.reader_health(dt, self._wall_offset, sources),
                 "outbox_depth": self.outbox.depth(), "publisher": pub,
+                "outbox": asdict(self.outbox.stats()),
                 "cpu_pct": round(cpu_pct, 1), "rss_mb": round(rss_mb(), 1),
                 "tick_ms": round(self.tick_ms_last, 3), "tick_ms_max": round(self.tick_ms_max, 3),
                 "live_tags": self.core.engine.live_tags,
@@ -331,7 +344,7 @@ def _open_outbox(cfg: Config) -> Outbox:
         raise StartupError(f"storage.path: cannot create the directory "
                            f"{cfg.db_path.parent} ({e})") from None
     try:
-        return Outbox(cfg.db_path)
+        return Outbox(cfg.db_path, max_bytes=cfg.storage.max_mb * 2**20)
     except Exception as e:  # noqa: BLE001 - any storage failure stops start-up, named
         raise StartupError(f"storage.path: cannot open the outbox database "
                            f"{cfg.db_path} ({e})") from None

@@ -8,6 +8,8 @@
 | venue/{venue}/moment/{zone}/{kind}           | 1                    |
 | venue/{venue}/dispatch/{team}                | 1                    |
 | venue/{venue}/nudge/{zone}                   | 1, message expiry    |
+| venue/{venue}/ack/{moment_id}                | 1 / retained (staff) |
+| venue/{venue}/gateway/{gateway}/moment/{kind}| 1 (data_dropped)     |
 
 Every payload is a JSON object with ``schema``, ``id`` (sortable, unique per message),
 ``venue``, ``gateway`` and ``at`` (RFC 3339 UTC). Moments, dispatches and nudges form the
@@ -28,6 +30,7 @@ SCHEMA_ZONE_STATE = "venue-agent/zone-state@1"
 SCHEMA_MOMENT = "venue-agent/moment@1"
 SCHEMA_DISPATCH = "venue-agent/dispatch@1"
 SCHEMA_NUDGE = "venue-agent/nudge@1"
+SCHEMA_ACK = "venue-agent/ack@1"  # a staff console took a moment (who, when)
 
 # Outbox sequence streams (see agent.outbox): one for the guaranteed stream, one for state.
 SEQ_GUARANTEED = "guaranteed"
@@ -64,6 +67,12 @@ class Topics:
     def nudge(self, zone: str) -> str:
         return f"{self.prefix}/nudge/{zone}"
 
+    def ack(self, moment_id: str) -> str:
+        """A staff console's acknowledgement of one moment (retained, QoS 1): who took it."""
+        if not moment_id or any(c in moment_id for c in "/+#\0"):
+            raise ValueError(f"a moment_id must be one topic level, not {moment_id!r}")
+        return f"{self.prefix}/ack/{moment_id}"
+
     @property
     def ack_filter(self) -> str:
         """Every acknowledgement of the venue: staff consoles write under it, gateways read."""
@@ -74,12 +83,18 @@ class Topics:
         """Every topic of the venue."""
         return f"{self.prefix}/#"
 
+    def gateway_moment(self, kind: str) -> str:
+        """Moments about the gateway itself rather than a zone (``data_dropped``)."""
+        return f"{self.prefix}/gateway/{self.gateway}/moment/{kind}"
+
     def console_filters(self, team: str | None = None) -> list[str]:
         """What a staff console subscribes to: every zone's state, every gateway's status,
-        every moment and nudge, and the dispatches of ``team`` (all teams when None)."""
+        every moment and nudge, the dispatches of ``team`` (all teams when None) and every
+        acknowledgement (retained, so a console that starts late sees who took what)."""
         return [self.zone_state(ANY), f"{self.prefix}/gateway/{ANY}/status",
+                f"{self.prefix}/gateway/{ANY}/moment/#",
                 f"{self.prefix}/moment/#", f"{self.prefix}/nudge/#",
-                self.dispatch(team if team else "#")]
+                self.dispatch(team if team else "#"), self.ack_filter]
 
     def envelope(self, schema: str, at: float, **body: Any) -> dict[str, Any]:
         """A payload with the fields every message carries, then ``body``."""

@@ -51,7 +51,7 @@ def test_each_gateway_writes_only_its_own_topics() -> None:
     acl = rules(render_acl(plan_acl([a, b])))
     t = Topics("park-east", "gw-a")
     assert acl["venue-agent-park-east-gw-a"] == [
-        f"write {t.status}", f"write {t.health}",
+        f"write {t.status}", f"write {t.health}", f"write {t.gateway_moment(ANY)}",
         f"write {t.zone_state('zone-a1')}", f"write {t.moment('zone-a1', ANY)}",
         f"write {t.nudge('zone-a1')}",
         f"write {t.zone_state('zone-a2')}", f"write {t.moment('zone-a2', ANY)}",
@@ -61,6 +61,7 @@ def test_each_gateway_writes_only_its_own_topics() -> None:
         f"read {t.ack_filter}"]
     assert acl["venue-agent-park-east-gw-b"] == [
         "write venue/park-east/gateway/gw-b/status", "write venue/park-east/gateway/gw-b/health",
+        "write venue/park-east/gateway/gw-b/moment/+",
         "write venue/park-east/zone/zone-b/state", "write venue/park-east/moment/zone-b/+",
         "write venue/park-east/nudge/zone-b",
         "write venue/park-east/dispatch/operations", "write venue/park-east/dispatch/tech-b",

@@ -114,7 +114,8 @@ def test_every_reference_resolves_and_every_address_parameter_is_declared() -> N
 def test_the_channels_are_the_topics_of_agent_topics() -> None:
     t = Topics("park-east", "gw-01")
     concrete = {"status": t.status, "health": t.health, "zoneState": t.zone_state("dino-q"),
-                "moment": t.moment("dino-q", "queue_long"), "dispatch": t.dispatch("ops"),
+                "moment": t.moment("dino-q", "queue_long"),
+                "gatewayMoment": t.gateway_moment("data_dropped"), "dispatch": t.dispatch("ops"),
                 "nudge": t.nudge("dino-q")}
     assert [c.key for c in contract.CHANNELS] == list(concrete)
     for key, topic in concrete.items():

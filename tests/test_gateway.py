@@ -133,3 +133,26 @@ def test_the_accuracy_harness_builds_no_engine_or_rules_of_its_own() -> None:
     for forbidden in ("ZoneEngine", "Topology", "EngineParams", "MomentRules",
                       "ThresholdRule", "ReferenceEngine"):
         assert forbidden not in names, forbidden
+
+
+def test_what_the_store_dropped_becomes_one_valid_data_dropped_moment(tmp_path: Path) -> None:
+    from agent.outbox import Outbox
+    from tests.contract_check import assert_valid
+
+    c = core()
+    with Outbox(tmp_path / "agent.db", max_bytes=256 * 1024) as box:
+        for i in range(3000):  # far more than 256 KiB of moments: the oldest go
+            with box.batch():
+                box.enqueue(c.topics.moment("plaza", "zone_crowded"),
+                            {"schema": SCHEMA_MOMENT, "n": i, "pad": "x" * 200},
+                            seq_stream=SEQ_GUARANTEED)
+        report = box.take_drop_report()
+    assert report is not None and report.total > 0
+    msg = c.data_dropped(report.ranges, wall=1_700_000_000.0)
+    assert msg.topic == "venue/park/gateway/gw-1/moment/data_dropped"
+    assert msg.seq_stream == SEQ_GUARANTEED
+    body = dict(msg.payload, seq=1)
+    assert_valid(msg.topic, body)
+    assert body["value"] == report.total and body["status"] == "resolved"
+    first = body["dropped"][0]
+    assert first["stream"] == SEQ_GUARANTEED and first["first_seq"] == 1
