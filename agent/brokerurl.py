@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ["DEFAULT_PORTS", "BrokerAddress", "parse_broker_url"]
+__all__ = ["DEFAULT_PORTS", "BrokerAddress", "default_require_tls", "parse_broker_url"]
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
@@ -34,6 +34,17 @@ class BrokerAddress:
     @property
     def tls(self) -> bool:
         return self.scheme == "mqtts"
+
+    @property
+    def loopback(self) -> bool:
+        """The broker is on this machine (``localhost``, 127.0.0.0/8, ``::1``): what is sent
+        to it never crosses a network."""
+        if self.host in ("localhost", "localhost."):
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
 
 
 def parse_broker_url(url: str) -> BrokerAddress:
@@ -81,3 +92,10 @@ def parse_broker_url(url: str) -> BrokerAddress:
     else:
         port = DEFAULT_PORTS[scheme]
     return BrokerAddress(url=url, scheme=scheme, host=host.lower(), port=port)
+
+
+def default_require_tls(username: str | None, urls: tuple[str, ...] | list[str]) -> bool:
+    """``broker.require_tls`` when the config does not say: on whenever credentials are
+    configured (a username), unless every broker is on this machine (loopback), where the
+    password never crosses a network. ``urls`` must already parse."""
+    return bool(username) and not all(parse_broker_url(u).loopback for u in urls)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from agent.brokerurl import parse_broker_url
+from agent.brokerurl import default_require_tls, parse_broker_url
 from firmware_bridge.ble_adverts import IDENTITY_RULES, WristbandFormat
 from firmware_bridge.protocols import PROTOCOL_NAMES
 
@@ -108,6 +108,10 @@ class BrokerConfig:
     nudge_expiry_s: int = 300  # MQTT 5 message expiry of guest nudges
     urls: tuple[str, ...] = ()  # empty: (url,)
     replay_per_s: float = _limits(50.0, gt=0)  # backlog messages sent per second after an outage
+    cert_file: str = ""  # client certificate (PEM) for mqtts://; with key_file
+    key_file: str = ""  # its private key (PEM, unencrypted, mode 0600)
+    # None: on whenever a username is set and a broker is off this machine (loopback).
+    require_tls: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -273,6 +277,7 @@ T = TypeVar("T")
 
 # Fields whose TOML value is not a plain scalar of the field's type: read by their loaders.
 _SPECIAL = {(WristbandConfig, "company_id"), (BrokerConfig, "urls"), (BrokerConfig, "url"),
+            (BrokerConfig, "require_tls"),
             (ReaderConfig, "wristbands")}
 
 
@@ -501,26 +506,37 @@ def _load_broker(file: str, table: object, client_id: str) -> BrokerConfig:
         except ValueError as e:
             raise ConfigError(file, key, f"{expected} ({e})", url) from None
     _check_unique(file, "broker.url", raw)
-    broker = sec.build(BrokerConfig, url=raw[0], urls=tuple(raw))
+    require_tls = sec.table.get("require_tls")
+    if require_tls is not None and not isinstance(require_tls, bool):
+        raise ConfigError(file, "broker.require_tls", "true or false", require_tls)
+    broker = sec.build(BrokerConfig, url=raw[0], urls=tuple(raw), require_tls=require_tls)
     _check_choice(file, "broker.protocol", broker.protocol, MQTT_PROTOCOLS)
     if broker.password_file and not Path(broker.password_file).is_file():
         # `run` refuses a password file it cannot read; whether this user may read it is
         # doctor's question (check-config may run as another user than the agent).
         raise ConfigError(file, "broker.password_file", "an existing file holding the broker "
                           "password", broker.password_file)
+    # The runtime reads the password from password_file; its content is not checked here.
+    _runtime_check(file, "broker", ("require_tls", "key_file", "cert_file", "ca_file", "url",
+                                    "client_id", "keepalive_s", "protocol", "username"),
+                   "the MQTT publisher", lambda: broker_settings(
+                       broker, broker.client_id or client_id,
+                       password="-" if broker.password_file else None))
+    return broker
+
+
+def broker_settings(broker: BrokerConfig, client_id: str, password: str | None) -> Any:
+    """The publisher's ``BrokerSettings`` for this config (every broker of the failover
+    list, TLS files, ``require_tls``); ``password`` is what ``password_file`` holds.
+    ``ValueError`` for what the publisher refuses."""
     from agent.publisher import BrokerSettings  # paho: imported only once the URL is sound
 
-    for url in broker.urls:
-        # The runtime reads the password from password_file; its content is not checked here.
-        _runtime_check(file, "broker", ("ca_file", "url", "client_id", "keepalive_s",
-                                        "protocol", "username"), "the MQTT publisher",
-                       lambda url=url: BrokerSettings(  # type: ignore[misc]
-                           url=url, client_id=broker.client_id or client_id,
-                           keepalive_s=broker.keepalive_s, username=broker.username or None,
-                           password="-" if broker.password_file else None,
-                           ca_file=broker.ca_file or None,
-                           protocol=broker.protocol))  # type: ignore[arg-type]  # checked
-    return broker
+    return BrokerSettings(urls=broker.urls, client_id=client_id,
+                          keepalive_s=broker.keepalive_s, username=broker.username or None,
+                          password=password, ca_file=broker.ca_file or None,
+                          cert_file=broker.cert_file or None, key_file=broker.key_file or None,
+                          require_tls=broker.require_tls,
+                          protocol=broker.protocol)  # type: ignore[arg-type]  # checked
 
 
 def _load_privacy(file: str, table: object) -> PrivacyConfig:
@@ -639,6 +655,8 @@ def effective(cfg: Config) -> dict[str, Any]:
     # One broker prints as a string, a failover list as a list (``urls`` is not a TOML key).
     urls = data["broker"].pop("urls")
     data["broker"]["url"] = urls[0] if len(urls) == 1 else urls
+    if cfg.broker.require_tls is None:  # printed as what it comes to
+        data["broker"]["require_tls"] = default_require_tls(cfg.broker.username, urls)
     for z, zd in zip(cfg.zones, data["zones"], strict=True):
         zd["absence_timeout_s"] = z.timeout_s
         zd["queue_long_clear_s"] = z.clear_wait_s

@@ -19,13 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import math
+import os
 import random
 import socket
+import ssl
+import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,7 +40,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.brokerurl import parse_broker_url
+from agent.brokerurl import BrokerAddress, default_require_tls, parse_broker_url
 from agent.outbox import Outbox, OutMessage
 
 __all__ = [
@@ -58,21 +62,53 @@ _V3_UNACCEPTABLE_PROTOCOL = 1
 
 @dataclass(frozen=True, slots=True)
 class BrokerSettings:
-    """Where and how to connect; ``url`` is ``mqtt://host:port`` or ``mqtts://host:port``."""
+    """Where and how to connect.
 
-    url: str
-    client_id: str
+    ``url`` is ``mqtt://host:port`` or ``mqtts://host:port``; ``urls`` is a failover list
+    (``url`` is then ``urls[0]``; pass either). ``host``, ``port`` and ``tls`` are those of
+    the first broker, ``addresses`` all of them in order.
+
+    TLS (``mqtts://``): the server certificate is always verified, against ``ca_file`` or
+    the system trust store, host name included; TLS 1.2 at least. ``cert_file`` and
+    ``key_file`` (together) are a client certificate; a key file its group or others may
+    read is refused. ``require_tls`` refuses any ``mqtt://`` URL; None (the default) means
+    True whenever a username is set, unless every broker is on this machine (loopback),
+    where a password never crosses a network.
+
+    Everything refused raises :class:`ValueError` naming the setting (``ca_file``,
+    ``cert_file``, ``key_file``, ``require_tls``, ``url``...): ``check-config`` shares it.
+    """
+
+    url: str = ""
+    client_id: str = ""
     keepalive_s: int = 30
     username: str | None = None
     password: str | None = None
     ca_file: str | None = None
     protocol: Protocol = "auto"
+    cert_file: str | None = None
+    key_file: str | None = None
+    require_tls: bool | None = None
+    urls: tuple[str, ...] = ()
     host: str = field(init=False)
     port: int = field(init=False)
     tls: bool = field(init=False)
+    addresses: tuple[BrokerAddress, ...] = field(init=False)
 
     def __post_init__(self) -> None:
-        address = parse_broker_url(self.url)  # ValueError naming what is wrong
+        urls = tuple(self.urls)
+        if not urls:
+            if not self.url:
+                raise ValueError("broker url: none given (expected mqtt://host:port)")
+            urls = (self.url,)
+        elif self.url and self.url != urls[0]:
+            raise ValueError(f"broker url {self.url!r} must be urls[0] ({urls[0]!r}); "
+                             "pass one of url or urls")
+        if len(set(urls)) != len(urls):
+            raise ValueError(f"broker url: each broker once in the failover list {list(urls)}")
+        addresses = tuple(parse_broker_url(u) for u in urls)  # ValueError naming what is wrong
+        object.__setattr__(self, "urls", urls)
+        object.__setattr__(self, "url", urls[0])
         if not self.client_id:
             raise ValueError("broker client_id must not be empty")
         if not 0 < self.keepalive_s <= 65535:
@@ -81,16 +117,74 @@ class BrokerSettings:
             raise ValueError(
                 f"broker protocol must be 'auto', '5' or '3.1.1', not {self.protocol!r}"
             )
-        if self.ca_file is not None:
-            if not address.tls:
-                raise ValueError(f"broker ca_file is set but url {self.url!r} is not mqtts://")
-            if not Path(self.ca_file).is_file():
-                raise ValueError(f"broker ca_file {self.ca_file!r} does not exist")
         if self.password is not None and self.username is None:
             raise ValueError("broker password is set without a username")
-        object.__setattr__(self, "host", address.host)
-        object.__setattr__(self, "port", address.port)
-        object.__setattr__(self, "tls", address.tls)
+        plain = [a.url for a in addresses if not a.tls]
+        for name in ("ca_file", "cert_file", "key_file"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if plain:
+                raise ValueError(f"broker {name} is set but url {plain[0]!r} is not mqtts://")
+            if not Path(value).is_file():
+                raise ValueError(f"broker {name} {value!r} does not exist")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("broker cert_file and key_file go together (a client "
+                             "certificate and its private key, both PEM)")
+        if self.key_file is not None:
+            mode = stat.S_IMODE(Path(self.key_file).stat().st_mode)
+            if mode & 0o077:
+                raise ValueError(
+                    f"broker key_file {self.key_file}: its mode {mode:04o} lets the group or "
+                    f"others read it; the agent refuses a private key others can read. Fix: "
+                    f"chmod 600 {self.key_file}")
+        if plain and self.tls_required:
+            raise ValueError(
+                f"broker url {plain[0]!r} is plain MQTT but require_tls is on"
+                + (f" (the password of user {self.username!r} would cross the network in "
+                   "clear)" if self.require_tls is None else "")
+                + ": use mqtts://, or set broker.require_tls = false to allow it")
+        if self.cert_file is not None and self.key_file is not None and all(
+                os.access(f, os.R_OK) for f in (self.cert_file, self.key_file)):
+            # A certificate and key that do not belong together can never work. Files this
+            # user cannot read are doctor's question (check-config may run as another user
+            # than the agent). A damaged ca_file is reported on every connection attempt.
+            _load_client_cert(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), self.cert_file,
+                              self.key_file)
+        object.__setattr__(self, "addresses", addresses)
+        object.__setattr__(self, "host", addresses[0].host)
+        object.__setattr__(self, "port", addresses[0].port)
+        object.__setattr__(self, "tls", addresses[0].tls)
+
+    @property
+    def tls_required(self) -> bool:
+        """``require_tls``, or its default: a username to a broker off this machine."""
+        if self.require_tls is not None:
+            return self.require_tls
+        return default_require_tls(self.username, self.urls or (self.url,))
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client TLS context: server verified (``ca_file`` or the system store, host name
+        checked), TLS 1.2 or later, the client certificate when set. Built per connection,
+        so renewed certificate files are picked up on the next one. ValueError when a file
+        does not load."""
+        try:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"broker ca_file {self.ca_file}: not a PEM CA certificate "
+                             f"this agent can load ({exc})") from None
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if self.cert_file is not None and self.key_file is not None:
+            _load_client_cert(ctx, self.cert_file, self.key_file)
+        return ctx
+
+
+def _load_client_cert(ctx: ssl.SSLContext, cert_file: str, key_file: str) -> None:
+    try:
+        ctx.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"broker cert_file {cert_file} / key_file {key_file}: not a PEM "
+                         f"certificate and its matching unencrypted key ({exc})") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,9 +231,11 @@ class _Session:
 
     client: mqtt.Client
     protocol: Literal["5", "3.1.1"]
+    url: str
     connack: asyncio.Future[ReasonCode | str]
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     lost_reason: str = ""
+    net_error: str = ""  # the last socket or TLS error paho met (a TLS alert names the cause)
     max_packet: int | None = None  # MQTT 5 CONNACK Maximum Packet Size
     inflight: dict[int, _Flight] = field(default_factory=dict)  # mid -> outbox row
     control: dict[int, asyncio.Future[bool]] = field(default_factory=dict)  # status messages
@@ -188,6 +284,13 @@ class Publisher:
     ``birth() -> (topic, payload)`` is called for every connection; both go out retained,
     QoS 1, ahead of anything from the outbox.
 
+    ``subscriptions`` (``[(filter, qos)]``) are subscribed on every connection (each one
+    starts a clean session) before the birth; every message they bring is handed to
+    ``on_message(topic, payload)`` ON THE EVENT LOOP (paho's thread only posts it). The
+    callable may return an awaitable, which is run as a task. What arrives while no
+    connection is up is not seen (a consumer that must see everything re-reads retained
+    state or asks again).
+
     ``replay_per_s`` is the rate (messages per second) at which the backlog (rows pending
     when the connection came up) is sent; None for no limit. Zone state goes first, live
     messages are never queued behind the backlog, and each backlog message goes out with
@@ -208,7 +311,14 @@ class Publisher:
         connect_timeout_s: float = 5.0,
         stop_timeout_s: float = 5.0,
         replay_per_s: float | None = 50.0,
+        subscriptions: Sequence[tuple[str, int]] = (),
+        on_message: Callable[[str, bytes], object] | None = None,
     ) -> None:
+        subscriptions = tuple((f, q) for f, q in subscriptions)
+        for topic_filter, qos in subscriptions:
+            _check_filter(topic_filter, qos)
+        if subscriptions and on_message is None:
+            raise ValueError("subscriptions need an on_message callable")
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
         if replay_per_s is not None and not replay_per_s > 0:
@@ -218,6 +328,10 @@ class Publisher:
         self._will = will
         self._birth = birth
         self._max_inflight = max_inflight
+        self._subscriptions = subscriptions
+        self._on_message = on_message
+        self._handler_tasks: set[asyncio.Future[Any]] = set()
+        self._said_handler_error = False
         self._replay_per_s = replay_per_s
         self._log = logger or logging.getLogger(__name__)
         self._backoff_min = backoff_min_s
@@ -232,7 +346,10 @@ class Publisher:
         self._done = asyncio.Event()
         self._graceful = True
         self._running = False
-        self._v311_only = settings.protocol == "3.1.1"
+        # Brokers (urls) that speak only MQTT 3.1.1: all of them when so configured.
+        self._v311: set[str] = set(settings.urls) if settings.protocol == "3.1.1" else set()
+        self._said_v311 = False
+        self._index = 0  # the broker of the failover list in use (or tried next)
         self._last_protocol: str | None = None
         self._ack_queue: list[int] = []
         self._ack_flush_scheduled = False
@@ -356,16 +473,24 @@ class Publisher:
             self._done.set()
 
     async def _connect_loop(self) -> None:
-        """Connections one after another, with backoff, until ``stop()``."""
-        outage = _Outage(self._log, self.settings.url)
+        """Connections one after another until ``stop()``, through the failover list.
+
+        A broker that refuses or cannot be reached sends us to the next one at once; a lost
+        connection is retried once on the same broker, then the next. Only when every broker
+        of the list has failed in a row does the publisher back off.
+        """
+        outage = _Outage(self._log, len(self.settings.addresses))
+        addresses = self.settings.addresses
         delay = self._backoff_min
         try_v311_now = False
+        failed_in_a_row = 0
         while not self._stop_requested.is_set():
+            addr = addresses[self._index]
             protocol: Literal["5", "3.1.1"] = (
-                "3.1.1" if (self._v311_only or try_v311_now) else "5"
+                "3.1.1" if (addr.url in self._v311 or try_v311_now) else "5"
             )
             try:
-                session = await self._open_session(protocol)
+                session = await self._open_session(addr, protocol)
             except _ConnectFailed as exc:
                 if self._stop_requested.is_set():
                     break
@@ -378,27 +503,40 @@ class Publisher:
                     try_v311_now = True
                     self._log.info(
                         "MQTT broker %s did not accept MQTT 5 (%s); trying MQTT 3.1.1",
-                        self.settings.url,
+                        addr.url,
                         exc,
                     )
                     continue
                 try_v311_now = False
-                outage.failed(str(exc), self._outbox.depth())
+                outage.failed(addr.url, str(exc), self._outbox.depth())
+                failed_in_a_row += 1
+                if len(addresses) > 1:
+                    self._index = (self._index + 1) % len(addresses)
+                    if failed_in_a_row < len(addresses):
+                        continue  # the next broker at once
+                failed_in_a_row = 0
                 await self._sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, self._backoff_max)
                 continue
-            if try_v311_now and not self._v311_only:
-                self._v311_only = True
+            if try_v311_now:
+                self._v311.add(addr.url)
+            if protocol == "3.1.1" and not self._said_v311:
+                self._said_v311 = True
                 self._log.warning(
-                    "MQTT broker %s speaks only MQTT 3.1.1; using it. MQTT 5 features "
-                    "are unavailable: nudges are sent without message expiry",
-                    self.settings.url,
+                    "MQTT broker %s: using MQTT 3.1.1 (%s). MQTT 5 features are "
+                    "unavailable: nudges are sent without message expiry, and PUBACKs carry "
+                    "no reason codes, so a message the broker refuses (its ACL) is "
+                    "acknowledged and lost without a trace",
+                    addr.url,
+                    "configured" if self.settings.protocol == "3.1.1"
+                    else "the broker speaks only 3.1.1",
                 )
             try_v311_now = False
             delay = self._backoff_min
+            failed_in_a_row = 0
             self._connects += 1
             self._last_protocol = protocol
-            outage.connected(protocol, self._outbox.depth())
+            outage.connected(addr.url, self._index, protocol, self._outbox.depth())
             self._session = session
             try:
                 await self._serve(session)
@@ -406,7 +544,7 @@ class Publisher:
                     await self._shutdown(session)
                 else:
                     self._after_loss(session)
-                    outage.lost(session.lost_reason, len(session.inflight))
+                    outage.lost(addr.url, session.lost_reason, len(session.inflight))
                     await self._close(session)
             except Exception:
                 await self._close(session)
@@ -421,7 +559,7 @@ class Publisher:
     def _will_message(self, reason: str) -> Message:
         return self._will(reason) if callable(self._will) else self._will
 
-    def _new_client(self, protocol: Literal["5", "3.1.1"]) -> mqtt.Client:
+    def _new_client(self, addr: BrokerAddress, protocol: Literal["5", "3.1.1"]) -> mqtt.Client:
         st = self.settings
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -436,8 +574,9 @@ class Publisher:
         client.connect_timeout = self._connect_timeout
         if st.username is not None:
             client.username_pw_set(st.username, st.password)
-        if st.tls:
-            client.tls_set(ca_certs=st.ca_file)
+        if addr.tls:
+            # Verified against ca_file or the system store, host name checked, TLS >= 1.2.
+            client.tls_set_context(st.ssl_context())  # ValueError: a file does not load
         # Built for this connection: its id and at are fresh, its reason "connection lost".
         topic, payload = self._will_message(REASON_LOST)
         client.will_set(topic, payload, qos=1, retain=True)
@@ -463,15 +602,33 @@ class Publisher:
         def on_publish(_c: Any, _u: Any, mid: int, rc: ReasonCode, _p: Any) -> None:
             post(self._on_puback, session, mid, rc)
 
+        def on_message(_c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+            post(self._deliver, msg.topic, bytes(msg.payload))
+
+        def on_subscribe(_c: Any, _u: Any, _mid: int, rcs: list[ReasonCode], _p: Any) -> None:
+            post(self._on_suback, session, [(rc.value, str(rc)) for rc in rcs])
+
+        def net_error(text: str) -> None:
+            post(self._on_net_error, session, text)
+
+        session.client.enable_logger(_ErrorTap(net_error))
         session.client.on_connect = on_connect
+        session.client.on_message = on_message
+        session.client.on_subscribe = on_subscribe
         session.client.on_disconnect = on_disconnect
         session.client.on_publish = on_publish
 
-    async def _open_session(self, protocol: Literal["5", "3.1.1"]) -> _Session:
+    async def _open_session(
+        self, addr: BrokerAddress, protocol: Literal["5", "3.1.1"]
+    ) -> _Session:
         loop = self._loop
         assert loop is not None
-        client = self._new_client(protocol)
-        session = _Session(client=client, protocol=protocol, connack=loop.create_future())
+        try:
+            client = self._new_client(addr, protocol)
+        except ValueError as exc:  # a certificate file that no longer loads: fixable live
+            raise _ConnectFailed(str(exc)) from None
+        session = _Session(client=client, protocol=protocol, url=addr.url,
+                           connack=loop.create_future())
         self._bind(session)
         st = self.settings
         kwargs: dict[str, Any] = {"clean_start": True} if protocol == "5" else {}
@@ -479,7 +636,7 @@ class Publisher:
             # connect() resolves, opens TCP (and TLS) and sends CONNECT: blocking, so not
             # on the loop.
             await loop.run_in_executor(
-                None, lambda: client.connect(st.host, st.port, st.keepalive_s, **kwargs)
+                None, lambda: client.connect(addr.host, addr.port, st.keepalive_s, **kwargs)
             )
         except (OSError, ValueError) as exc:
             raise _ConnectFailed(_describe(exc)) from None
@@ -507,15 +664,21 @@ class Publisher:
         if isinstance(result, ReasonCode):
             refused_v5 = result.value in (_V5_UNSUPPORTED, _V3_UNACCEPTABLE_PROTOCOL)
             raise _ConnectFailed(f"refused: {result}", maybe_v5_refused=refused_v5)
-        # Closed before CONNACK: what a 3.1.1-only broker may do to an MQTT 5 CONNECT.
-        raise _ConnectFailed(result, maybe_v5_refused=True)
+        # Closed before CONNACK: what a 3.1.1-only broker may do to an MQTT 5 CONNECT; not
+        # when a TLS alert said why (a client certificate missing or refused).
+        raise _ConnectFailed(result, maybe_v5_refused="_ALERT_" not in session.net_error)
 
     def _on_connack(self, session: _Session, rc: ReasonCode, max_packet: int | None) -> None:
         if not session.connack.done():
             session.max_packet = max_packet
             session.connack.set_result(rc)
 
+    def _on_net_error(self, session: _Session, text: str) -> None:
+        session.net_error = text
+
     def _on_lost(self, session: _Session, reason: str) -> None:
+        if session.net_error:
+            reason = f"{reason}: {session.net_error}"
         if not session.connack.done():
             session.connack.set_result(f"connection closed before CONNACK ({reason})")
         session.lost_reason = reason
@@ -589,6 +752,8 @@ class Publisher:
                 self._outbox.oldest_age_s() or 0.0,
                 "unlimited" if self._replay_per_s is None else f"{self._replay_per_s:g}",
             )
+        if self._subscriptions:
+            s.client.subscribe(list(self._subscriptions))
         topic, payload = self._birth()
         self._publish_control(s, topic, payload)
         while not self._stop_requested.is_set() and not s.lost.is_set():
@@ -706,6 +871,39 @@ class Publisher:
             s.backlog_sent += 1
         return True
 
+    def _on_suback(self, session: _Session, codes: list[tuple[int, str]]) -> None:
+        for (topic_filter, _qos), (value, text) in zip(self._subscriptions, codes, strict=False):
+            if value >= 0x80:
+                self._log.error("MQTT broker %s refused the subscription to %r (%s, 0x%02X)",
+                                session.url, topic_filter, text, value)
+
+    def _deliver(self, topic: str, payload: bytes) -> None:
+        """On the loop: one received message to ``on_message``; its failure is logged."""
+        handler = self._on_message
+        if handler is None:
+            return
+        try:
+            result = handler(topic, payload)
+            if inspect.isawaitable(result):
+                task = asyncio.ensure_future(result)
+                self._handler_tasks.add(task)
+                task.add_done_callback(self._handler_done)
+        except Exception:  # noqa: BLE001 - a consumer's bug must not stop delivery
+            self._handler_failed(topic)
+
+    def _handler_done(self, task: asyncio.Future[Any]) -> None:
+        self._handler_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._handler_failed("(task)", task.exception())
+
+    def _handler_failed(self, topic: str, exc: BaseException | None = None) -> None:
+        # Logged in full once, then at debug: a handler failing on every message must
+        # not flood the journal.
+        level = logging.DEBUG if self._said_handler_error else logging.ERROR
+        self._said_handler_error = True
+        self._log.log(level, "MQTT: on_message failed for a message on %s", topic,
+                      exc_info=exc if exc is not None else True)
+
     def _dead_letter(self, row: int, reason: str) -> None:
         try:
             moved = self._outbox.dead_letter(row, reason)
@@ -741,7 +939,7 @@ class Publisher:
             self._log.warning(
                 "MQTT broker %s refused outbox row %d for now (%s); retried on the next "
                 "connection",
-                self.settings.url,
+                session.url,
                 flight.row,
                 rc,
             )
@@ -793,7 +991,21 @@ class Publisher:
             session.client.disconnect()
         assert self._loop is not None
         await self._loop.run_in_executor(None, session.client.loop_stop)
-        self._log.info("disconnected from MQTT broker %s", self.settings.url)
+        self._log.info("disconnected from MQTT broker %s", session.url)
+
+
+def _check_filter(topic_filter: str, qos: int) -> None:
+    """ValueError unless ``topic_filter`` is a valid MQTT topic filter and qos 0..2."""
+    if qos not in (0, 1, 2):
+        raise ValueError(f"subscription {topic_filter!r}: qos must be 0, 1 or 2, not {qos!r}")
+    if not topic_filter or "\x00" in topic_filter or len(topic_filter.encode()) > 65535:
+        raise ValueError(f"subscription {topic_filter!r}: not a valid MQTT topic filter")
+    levels = topic_filter.split("/")
+    for i, level in enumerate(levels):
+        if ("#" in level and (level != "#" or i != len(levels) - 1)) or (
+                "+" in level and level != "+"):
+            raise ValueError(f"subscription {topic_filter!r}: '+' must be a whole level and "
+                             "'#' the whole last level")
 
 
 def _mark_replayed(payload: bytes) -> bytes:
@@ -835,70 +1047,94 @@ def _refusal(topic: str, payload: bytes, max_packet: int | None) -> str | None:
     return None
 
 
+class _ErrorTap(logging.Logger):
+    """A logger for paho that hands its error lines (socket and TLS errors, such as the
+    broker's alert for a missing client certificate) to ``sink`` and formats nothing else."""
+
+    def __init__(self, sink: Callable[[str], None]) -> None:
+        super().__init__("agent.publisher.paho", logging.ERROR)
+        self._sink = sink
+
+    def log(self, level: int, msg: object, *args: Any, **_kw: Any) -> None:
+        if level >= logging.ERROR:
+            with contextlib.suppress(Exception):
+                self._sink(str(msg) % args if args else str(msg))
+
+
 class _Outage:
-    """Logs an outage once when it starts, then at most once a minute, then its end."""
+    """Logs an outage once when it starts (per broker of the list), then at most once a
+    minute, then its end; with a failover list, every connection names its broker."""
 
     REPEAT_S = 60.0
 
-    def __init__(self, log: logging.Logger, url: str) -> None:
+    def __init__(self, log: logging.Logger, brokers: int) -> None:
         self._log = log
-        self._url = url
+        self._brokers = brokers
         self._since: float | None = None
         self._last_log = 0.0
         self._attempts = 0
         self._ever_connected = False
+        self._said: set[str] = set()  # brokers whose failure this outage has logged
 
-    def failed(self, error: str, depth: int) -> None:
+    def failed(self, url: str, error: str, depth: int) -> None:
         now = time.monotonic()
         self._attempts += 1
         if self._since is None:
             self._since = now
+        if url not in self._said:
+            self._said.add(url)
             self._last_log = now
             self._log.warning(
                 "MQTT broker %s unreachable: %s; buffering in the outbox (%d messages), "
-                "retrying with backoff",
-                self._url,
+                "%s",
+                url,
                 error,
                 depth,
+                "trying the next broker of the list" if self._brokers > 1
+                else "retrying with backoff",
             )
         elif now - self._last_log >= self.REPEAT_S:
             self._last_log = now
             self._log.warning(
                 "MQTT broker %s still unreachable after %d attempts in %.0f s: %s; "
                 "%d messages buffered",
-                self._url,
+                url if self._brokers == 1 else f"{url} (and the other brokers of the list)",
                 self._attempts,
                 now - self._since,
                 error,
                 depth,
             )
         else:
-            self._log.debug("MQTT broker %s: connect failed: %s", self._url, error)
+            self._log.debug("MQTT broker %s: connect failed: %s", url, error)
 
-    def lost(self, reason: str, inflight: int) -> None:
+    def lost(self, url: str, reason: str, inflight: int) -> None:
         self._since = time.monotonic()
         self._last_log = self._since
         self._attempts = 0
+        self._said.clear()
         self._log.warning(
             "lost connection to MQTT broker %s (%s); %d messages in flight will be re-sent",
-            self._url,
+            url,
             reason,
             inflight,
         )
 
-    def connected(self, protocol: str, depth: int) -> None:
+    def connected(self, url: str, index: int, protocol: str, depth: int) -> None:
+        where = f"MQTT {protocol}" if self._brokers == 1 else (
+            f"MQTT {protocol}; broker {index + 1} of {self._brokers} in broker.url")
         if self._since is not None:
             self._log.info(
-                "connected to MQTT broker %s (MQTT %s) after %.0f s; %d messages to send",
-                self._url,
-                protocol,
+                "connected to MQTT broker %s (%s) after %.0f s; %d messages to send",
+                url,
+                where,
                 time.monotonic() - self._since,
                 depth,
             )
-        elif not self._ever_connected:
-            self._log.info("connected to MQTT broker %s (MQTT %s)", self._url, protocol)
+        elif not self._ever_connected or self._brokers > 1:
+            self._log.info("connected to MQTT broker %s (%s)", url, where)
         self._since = None
         self._attempts = 0
+        self._said.clear()
         self._ever_connected = True
 
 

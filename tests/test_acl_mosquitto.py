@@ -32,6 +32,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from agent import cli
 from agent.broker import LocalBroker, _accepts, find_mosquitto, free_port
 from agent.topics import ANY, Topics
+from tests.tls_helpers import have_openssl, make_pki, tls_context
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -385,34 +386,6 @@ def test_password_template_opens_nothing_until_filled(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------- TLS listeners
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_pki(d: Path) -> None:
-    """A venue CA, a broker certificate for 127.0.0.1 and a gateway client certificate."""
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-             "-subj", "/CN=test venue CA", "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
-    for name, cn, ext in (
-            ("broker", "localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-                                    "extendedKeyUsage=serverAuth\n"),
-            ("gw-a", GW_A, "extendedKeyUsage=clientAuth\n"),
-            ("rogue", GW_A, "extendedKeyUsage=clientAuth\n")):
-        (d / f"{name}.ext").write_text(ext)
-        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                 "-subj", f"/CN={cn}", cwd=d)
-        ca = "rogue-ca" if name == "rogue" else "ca"
-        if name == "rogue":
-            _openssl("req", "-x509", *ec, "-keyout", "rogue-ca.key", "-out", "rogue-ca.crt",
-                     "-days", "2", "-subj", "/CN=rogue CA", "-addext",
-                     "basicConstraints=critical,CA:TRUE", cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey",
-                 f"{ca}.key", "-CAcreateserial", "-out", f"{name}.crt", "-days", "2",
-                 "-extfile", f"{name}.ext", cwd=d)
-
-
 def shipped_conf(d: Path, *, require_certificate: bool) -> tuple[list[str], dict[int, int]]:
     """config/mosquitto.conf with its paths and ports rewritten to the test's."""
     text = (ROOT / "config" / "mosquitto.conf").read_text()
@@ -434,19 +407,11 @@ def shipped_conf(d: Path, *, require_certificate: bool) -> tuple[list[str], dict
     return text.splitlines(), ports
 
 
-def tls_context(d: Path, ca: str = "ca.crt", cert: str | None = None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(d / ca))
-    if cert is not None:
-        ctx.load_cert_chain(str(d / f"{cert}.crt"), str(d / f"{cert}.key"))
-    return ctx
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command line is not installed")
+    have_openssl()
     d = tmp_path_factory.mktemp("pki")
-    make_pki(d)
+    make_pki(d, client_cn=GW_A)
     (d / "gw-a.toml").write_text(gateway_config("gw-a", "zone-a", "team-a"))
     (d / "gw-b.toml").write_text(gateway_config("gw-b", "zone-b", "team-b"))
     assert cli.main(["acl", str(d / "gw-a.toml"), str(d / "gw-b.toml"),

@@ -1,0 +1,73 @@
+"""Test PKI made with the ``openssl`` command line, and TLS settings for a test Mosquitto.
+
+``make_pki(d)`` writes into ``d``: a venue CA (``ca.crt``/``ca.key``), a broker certificate
+for 127.0.0.1 and localhost signed by it (``broker.crt``/``broker.key``), a client
+certificate (``gw-a.crt``/``gw-a.key``, common name ``client_cn``), and a rogue CA
+(``rogue-ca.crt``) with a client certificate of the same name signed by it
+(``rogue.crt``/``rogue.key``). Keys are mode 0600. Certificates are valid for two days.
+"""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+
+__all__ = ["have_openssl", "make_pki", "openssl", "tls_context", "tls_listener_conf"]
+
+_EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+
+def have_openssl() -> None:
+    """Skip the calling test unless the ``openssl`` command line is installed."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command line is not installed")
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_pki(d: Path, client_cn: str = "gw-a") -> None:
+    """A venue CA, a broker certificate for 127.0.0.1 and a client certificate (and a rogue
+    CA with a client certificate of the same name)."""
+    openssl("req", "-x509", *_EC, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+            "-subj", "/CN=test venue CA", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    for name, cn, ext in (
+            ("broker", "localhost", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                                    "extendedKeyUsage=serverAuth\n"),
+            ("gw-a", client_cn, "extendedKeyUsage=clientAuth\n"),
+            ("rogue", client_cn, "extendedKeyUsage=clientAuth\n")):
+        (d / f"{name}.ext").write_text(ext)
+        openssl("req", *_EC, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={cn}", cwd=d)
+        ca = "rogue-ca" if name == "rogue" else "ca"
+        if name == "rogue":
+            openssl("req", "-x509", *_EC, "-keyout", "rogue-ca.key", "-out", "rogue-ca.crt",
+                    "-days", "2", "-subj", "/CN=rogue CA", "-addext",
+                    "basicConstraints=critical,CA:TRUE", cwd=d)
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey",
+                f"{ca}.key", "-CAcreateserial", "-out", f"{name}.crt", "-days", "2",
+                "-extfile", f"{name}.ext", cwd=d)
+    for key in d.glob("*.key"):
+        key.chmod(0o600)
+
+
+def tls_context(d: Path, ca: str = "ca.crt", cert: str | None = None) -> ssl.SSLContext:
+    """A client context trusting ``d/ca`` (with the client certificate ``d/cert.crt``)."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(d / ca))
+    if cert is not None:
+        ctx.load_cert_chain(str(d / f"{cert}.crt"), str(d / f"{cert}.key"))
+    return ctx
+
+
+def tls_listener_conf(d: Path, *, require_certificate: bool = False) -> list[str]:
+    """mosquitto.conf lines that make the listener above them TLS with ``make_pki``'s
+    broker certificate (``start_mosquitto(extra_conf=...)``: its one listener)."""
+    return [f"cafile {d / 'ca.crt'}", f"certfile {d / 'broker.crt'}",
+            f"keyfile {d / 'broker.key'}",
+            f"require_certificate {'true' if require_certificate else 'false'}"]
