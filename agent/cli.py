@@ -83,14 +83,36 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from agent.console import watch
+    from agent.console import NeverConnected, watch
 
     try:
-        watch(args.broker, args.venue, team=args.team, duration_s=args.duration)
+        watch(args.broker, args.venue, team=args.team, duration_s=args.duration,
+              username=args.username, password_file=args.password_file, ca_file=args.ca_file,
+              cert_file=args.cert_file, key_file=args.key_file, protocol=args.protocol,
+              name=args.name, ack=args.ack,
+              connect_timeout_s=args.connect_timeout or None)
     except ValueError as e:
         print(f"venue-agent: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    except NeverConnected as e:
+        print(f"venue-agent: {e}", file=sys.stderr)
+        return EXIT_FAIL
     return EXIT_OK
+
+
+def cmd_board(args: argparse.Namespace) -> int:
+    from agent.board import run_board
+
+    _setup_logging(args.log_level)
+    try:
+        return run_board(args.broker, args.venue, host=args.host, port=args.port,
+                         username=args.username, password_file=args.password_file,
+                         ca_file=args.ca_file, cert_file=args.cert_file,
+                         key_file=args.key_file, protocol=args.protocol,
+                         duration_s=args.duration)
+    except ValueError as e:
+        print(f"venue-agent: {e}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -197,6 +219,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, str(bench), *args.rest])
 
 
+def _broker_options(s: argparse.ArgumentParser) -> None:
+    """The broker options the gateway has, for the consumers (watch, board)."""
+    s.add_argument("--broker", default=DEFAULT_BROKER_URL,
+                   help="mqtt://host:port, or mqtts://host:port for TLS")
+    s.add_argument("--username")
+    s.add_argument("--password-file", help="a file holding the password")
+    s.add_argument("--ca-file", help="CA certificate(s) to verify the broker (mqtts://)")
+    s.add_argument("--cert-file", help="client certificate for mutual TLS (mqtts://)")
+    s.add_argument("--key-file", help="the client certificate's private key")
+    s.add_argument("--protocol", choices=["auto", "5", "3.1.1"], default="auto",
+                   help="MQTT version (auto: 5, falling back to 3.1.1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="venue-agent", description=(
         "Edge agent for venues: reads RFID and BLE wristband readers, computes queue length, "
@@ -239,12 +274,33 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     s.set_defaults(func=cmd_simulate)
 
-    s = sub.add_parser("watch", help="dispatch console for staff")
-    s.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    s = sub.add_parser("watch", help="dispatch console for staff", description=(
+        "Staff console: zones, the alert feed newest first, and who took which alert. "
+        "Keys: a (or Enter) takes the newest open alert, q quits."))
+    _broker_options(s)
     s.add_argument("--venue", required=True)
     s.add_argument("--team", help="only this team's dispatch alerts")
+    s.add_argument("--name", help="who takes alerts (default: the OS user)")
+    s.add_argument("--ack", metavar="MOMENT_ID",
+                   help="acknowledge this moment (publish, wait for the broker) and exit")
+    s.add_argument("--connect-timeout", type=float, default=30.0, metavar="S",
+                   help="exit 1 if the broker never accepts a connection within S seconds "
+                   "(0: keep trying; default 30)")
     s.add_argument("--duration", type=float, default=None)
     s.set_defaults(func=cmd_watch)
+
+    s = sub.add_parser("board", help="live venue board in the browser (and /signage)",
+                       description=(
+        "Serve a live venue board: every zone's posted wait, queue, forecast and trend, "
+        "open moments and current nudges, pushed to the page with Server-Sent Events. "
+        "/signage shows large wait times only, for guests."))
+    _broker_options(s)
+    s.add_argument("--venue", required=True)
+    s.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
+    s.add_argument("--duration", type=float, default=None)
+    s.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    s.set_defaults(func=cmd_board)
 
     s = sub.add_parser("decode", help="reader bytes (stdin or --port) -> JSON lines")
     s.add_argument("--protocol", required=True, choices=PROTOCOL_NAMES)
