@@ -9,6 +9,7 @@
 | venue/{venue}/dispatch/{team}                | 1                    |
 | venue/{venue}/nudge/{zone}                   | 1, message expiry    |
 | venue/{venue}/ack/{moment_id}                | 1 / retained (staff) |
+| venue/{venue}/gateway/{gateway}/moment/{kind}| 1 (data_dropped)     |
 
 Every payload is a JSON object with ``schema``, ``id`` (sortable, unique per message),
 ``venue``, ``gateway`` and ``at`` (RFC 3339 UTC). Moments, dispatches and nudges form the
@@ -82,11 +83,16 @@ class Topics:
         """Every topic of the venue."""
         return f"{self.prefix}/#"
 
+    def gateway_moment(self, kind: str) -> str:
+        """Moments about the gateway itself rather than a zone (``data_dropped``)."""
+        return f"{self.prefix}/gateway/{self.gateway}/moment/{kind}"
+
     def console_filters(self, team: str | None = None) -> list[str]:
         """What a staff console subscribes to: every zone's state, every gateway's status,
         every moment and nudge, the dispatches of ``team`` (all teams when None) and every
         acknowledgement (retained, so a console that starts late sees who took what)."""
         return [self.zone_state(ANY), f"{self.prefix}/gateway/{ANY}/status",
+                f"{self.prefix}/gateway/{ANY}/moment/#",
                 f"{self.prefix}/moment/#", f"{self.prefix}/nudge/#",
                 self.dispatch(team if team else "#"), self.ack_filter]
 
