@@ -136,6 +136,10 @@ class EngineParams:
         smallest correction the recaptures support; 0: the point estimate).
     stray_z: strays (tags read once at one end, see window_stats.stray_count) are estimated
         less this many standard errors (0: the point estimate, floored at 0).
+    walk_ahead: a measured wait is the walk of an empty line (the floor of wait_joining_s)
+        only if at most this many exits were read while the guest waited.
+    capacity_s: the service rate measured while the line was busy (the ride's capacity) is
+        remembered this long for wait_joining_s when the line is short.
     joining_window_s: window of the service rate behind wait_joining_s.
     stall_s: the service rate is exits over the time the queue was serving: a silence of
         the exit reader longer than this (a stopped ride) counts as this long; silent for
@@ -165,6 +169,8 @@ class EngineParams:
     read_rate_prior: float = 10.0
     read_rate_z: float = 1.0
     stray_z: float = 0.5
+    walk_ahead: int = 3
+    capacity_s: float = 3600.0
     joining_window_s: float = 600.0
     stall_s: float = 60.0
     interval_alpha: float = 0.25
@@ -181,7 +187,7 @@ class EngineParams:
         if self.max_tags < 1:
             raise ValueError("max_tags must be >= 1")
         positive = ("window_s", "horizon_s", "rate_window_s", "exit_hold_s", "ble_tau_s")
-        more = ("joining_window_s", "read_rate_prior", "interval_alpha", "stall_s")
+        more = ("joining_window_s", "read_rate_prior", "interval_alpha", "stall_s", "capacity_s")
         for name in (*positive, *more, "ble_stale_s", "min_read_rate", "read_rate_window_s"):
             v = getattr(self, name)
             if not (np.isfinite(v) and v > 0):
@@ -316,6 +322,7 @@ class ZoneEngine:
         # held), and the ring position of a held tag's exit record (strays: window_stats.py)
         self._row_nreads = np.zeros(m, dtype=np.int32)
         self._row_dep = np.full(m, -1, dtype=np.int64)
+        self._row_exits0 = np.zeros(m, dtype=np.int64)  # the zone's exits read when it joined
         k = p.ble_candidates
         self._cand_reader = np.full((m, k), -1, dtype=np.int32)
         self._cand_s = np.zeros((m, k), dtype=np.float64)
@@ -334,7 +341,11 @@ class ZoneEngine:
         # read-rate estimates count departures from rr_from (see ingest.py)
         self._rr_from = np.full(z, np.inf, dtype=np.float64)
         self._rr_seen = np.zeros(z, dtype=np.int64)
-        self._min_wait = np.full(z, np.inf, dtype=np.float64)  # shortest measured wait ever
+        # shortest wait measured of a guest with at most walk_ahead exits read during it
+        self._min_wait = np.full(z, np.inf, dtype=np.float64)
+        self._zone_exits = np.zeros(z, dtype=np.int64)  # exits read ever
+        # the service rate last measured on a busy line (capacity) and when (window_stats.py)
+        self._capacity = np.full((z, 2), np.nan, dtype=np.float64)
         self._dep_t = np.zeros((z, p.history), dtype=np.float64)
         self._dep_dur = np.zeros((z, p.history), dtype=np.float64)
         self._dep_kind = np.zeros((z, p.history), dtype=np.int8)
@@ -403,6 +414,9 @@ class ZoneEngine:
             self._row_pend_t,
             self._row_nreads,
             self._row_dep,
+            self._row_exits0,
+            self._zone_exits,
+            np.int64(p.walk_ahead),
             self._cand_reader,
             self._cand_s,
             self._cand_t,
@@ -498,6 +512,7 @@ class ZoneEngine:
             np.float64(p.stray_z),
             np.float64(p.joining_window_s),
             np.float64(p.stall_s),
+            np.float64(p.capacity_s),
             np.float64(self._gap_lo),
             t.zone_kind,
             self._zone_count,
@@ -512,6 +527,7 @@ class ZoneEngine:
             self._fifo_n,
             self._rr_from,
             self._min_wait,
+            self._capacity,
             self._q_first,
             self._q_off,
             self._q_one,

@@ -110,6 +110,9 @@ def ingest_reads(
     row_pend_t: np.ndarray,
     row_nreads: np.ndarray,
     row_dep: np.ndarray,
+    row_exits0: np.ndarray,
+    zone_exits: np.ndarray,
+    walk_ahead: int,
     cand_reader: np.ndarray,
     cand_s: np.ndarray,
     cand_t: np.ndarray,
@@ -334,6 +337,7 @@ def ingest_reads(
             row_ivl[row] = np.nan
             row_entry[row] = 1 if (role == ROLE_ENTRY and zone_kind[z] != KIND_AREA) else 0
             row_nreads[row] = max(need, 1)
+            row_exits0[row] = zone_exits[z]
             zone_count[z] += 1
             push_arrival(arr_t, arr_n, z, t0)
         elif state == TAG_IN:  # queue exit of a tag in the queue: a completed visit
@@ -342,7 +346,9 @@ def ingest_reads(
             flags = entry_flags(row_entry[row], row_first[row], obs_start, row_nreads[row])
             if row_entry[row] == 1:
                 dur = t0 - row_first[row]
-                min_wait[z] = min(min_wait[z], dur)
+                if zone_exits[z] - row_exits0[row] <= walk_ahead:
+                    # hardly anyone ahead: the wait of an empty line (the walk)
+                    min_wait[z] = min(min_wait[z], dur)
                 push_fifo_witness(fifo_entry, fifo_n, fifo_cutoff, z, row_first[row], fifo_slack_s)
                 if entry == 1:
                     # exits count for the entry read rate once the guests leaving entered
@@ -357,6 +363,7 @@ def ingest_reads(
                 dep_t, dep_dur, dep_kind, dep_entry, dep_n, z, t0, dur, DEP_EXIT, flags | one
             )
             zone_count[z] -= 1
+            zone_exits[z] += 1
             row_state[row] = TAG_EXITED
             row_last[row] = t
         else:  # seen only at the exit: counts toward throughput, no wait
@@ -364,6 +371,7 @@ def ingest_reads(
             row_dep[row] = dep_n[z]
             row_nreads[row] = max(need, 1)
             push_departure(dep_t, dep_dur, dep_kind, dep_entry, dep_n, z, t0, np.nan, DEP_EXIT, one)
+            zone_exits[z] += 1
             row_zone[row] = z
             row_state[row] = TAG_EXITED
             row_first[row] = t0

@@ -65,6 +65,7 @@ class _Tag:
     pend_t: float = 0.0  # ... the first of them
     nreads: int = 1  # reads at the reader that made the state (entry in line; exit if held)
     dep: list[Any] | None = None  # a held tag's exit record (its one_out flag)
+    exits0: int = 0  # the zone's exits read when this visit began
 
 
 def read_rate_est(both: int, seen: float, p: EngineParams) -> tuple[float, float, float]:
@@ -115,7 +116,9 @@ class ReferenceEngine:
         self.fifo_cutoff = [-math.inf] * z
         self.rr_from = [math.inf] * z  # read rates count departures from here (or <= gap_lo)
         self.rr_seen = [0] * z  # measured exits of guests who entered while watched
-        self.min_wait = [math.inf] * z  # shortest wait ever measured (the walk)
+        self.min_wait = [math.inf] * z  # shortest wait with <= walk_ahead exits in it (walk)
+        self.zone_exits = [0] * z  # exits read ever
+        self.capacity = [[math.nan, math.nan] for _ in range(z)]  # service on a busy line, when
         self.now = -math.inf
         self.t_start = math.inf  # earliest read or tick seen (see rate_span_s)
         self.t_seen = -math.inf  # latest read seen
@@ -222,7 +225,7 @@ class ReferenceEngine:
 
         if not queue_exit:  # a new visit
             self.tags[key] = _Tag(z, TAG_IN, t0, t, role == ROLE_ENTRY and not area,
-                                  nreads=max(need, 1))
+                                  nreads=max(need, 1), exits0=self.zone_exits[z])
             self.zone_count[z] += 1
             self.arrivals[z].append(t0)
         elif tg is not None and state == TAG_IN:
@@ -230,7 +233,8 @@ class ReferenceEngine:
             entry = self._observed(tg)
             if tg.entry:
                 dur = t0 - tg.first
-                self.min_wait[z] = min(self.min_wait[z], dur)
+                if self.zone_exits[z] - tg.exits0 <= p.walk_ahead:
+                    self.min_wait[z] = min(self.min_wait[z], dur)
                 self._fifo_witness(z, tg.first)
                 if entry:
                     self.rr_seen[z] += 1
@@ -239,9 +243,11 @@ class ReferenceEngine:
             tg.dep = self._depart(z, t0, dur, DEP_EXIT, entry, entry and tg.nreads == 1,
                                   need <= 1)
             tg.state, tg.last, tg.nreads = TAG_EXITED, t, max(need, 1)
+            self.zone_exits[z] += 1
         else:  # seen only at the exit
             rec = [t0, math.nan, DEP_EXIT, False, False, need <= 1]
             self.departures[z].append(rec)
+            self.zone_exits[z] += 1
             self.tags[key] = _Tag(z, TAG_EXITED, t0, t, False, nreads=max(need, 1), dep=rec)
 
     def _observed(self, tg: _Tag) -> bool:
@@ -380,12 +386,16 @@ class ReferenceEngine:
             exit_ts = [
                 t for t, _, kind, *_ in deps if t > now - p.joining_window_s and kind == DEP_EXIT
             ]
-            served_j, busy, last_exit = len(exit_ts), 0.0, -math.inf
+            served_j, busy, busy_sq, last_exit = len(exit_ts), 0.0, 0.0, -math.inf
             for i, t in enumerate(exit_ts):
                 if i > 0:
-                    busy += min(max(0.0, t - last_exit), p.stall_s)
+                    gap = min(max(0.0, t - last_exit), p.stall_s)
+                    busy += gap
+                    busy_sq += gap * gap
                 last_exit = max(last_exit, t)
             silence = now - last_exit
+            # the mean wait for the next exit (dispatch) from a random moment: E[g^2] / 2 E[g]
+            residual = busy_sq / (2.0 * busy) if busy > 0 else 0.0
             busy += min(max(0.0, silence), p.stall_s)
             recent = [
                 (kind, entry, one_in, one_out)
@@ -459,9 +469,15 @@ class ReferenceEngine:
             if area:
                 continue
             out["queue_length"][z] = count
-            walk = 0.0 if math.isinf(self.min_wait[z]) else self.min_wait[z]
             mu_j = (served_j - 1) / busy * keep_out / rate_out if busy > 0 else 0.0
             stalled = silence > 2.0 * p.stall_s
+            cap = self.capacity[z]
+            if served_j >= p.min_measured_waits and not stalled and count >= mu_j * 2.0 * p.stall_s:
+                cap[:] = [mu_j, now]  # a busy line: the exits ran at capacity
+            elif cap[1] > now - p.capacity_s and cap[0] > mu_j:
+                mu_j = cap[0]  # a short line is served at capacity (its exits are the demand)
+            walk = 0.0 if math.isinf(self.min_wait[z]) else self.min_wait[z]
+            walk += residual
             if count == 0:
                 out["wait_joining_s"][z] = walk
             elif served_j >= p.min_measured_waits and mu_j > 0 and not stalled:

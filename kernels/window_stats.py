@@ -183,6 +183,7 @@ def zone_metrics(
     stray_z: float,
     joining_window_s: float,
     stall_s: float,
+    capacity_s: float,
     gap_lo: float,
     zone_kind: np.ndarray,
     zone_count: np.ndarray,
@@ -197,6 +198,7 @@ def zone_metrics(
     fifo_n: np.ndarray,
     rr_from: np.ndarray,
     min_wait: np.ndarray,
+    capacity: np.ndarray,
     q_first: np.ndarray,
     q_off: np.ndarray,
     q_one: np.ndarray,
@@ -222,6 +224,7 @@ def zone_metrics(
         served = 0
         served_j = 0  # exits read in joining_window_s
         busy = 0.0  # ... the time between them the queue was serving (stalls cut to stall_s)
+        busy_sq = 0.0  # ... the sum of the squares of those gaps (the residual, below)
         last_exit = -np.inf
         m = 0
         exits = 0  # exits read, in read_rate_window_s (see rr_from)
@@ -240,7 +243,9 @@ def zone_metrics(
                 served += 1
             if t > join_lo and kind == DEP_EXIT:
                 if served_j > 0:
-                    busy += min(max(0.0, t - last_exit), stall_s)
+                    gap = min(max(0.0, t - last_exit), stall_s)
+                    busy += gap
+                    busy_sq += gap * gap
                 served_j += 1
                 last_exit = max(last_exit, t)
             if t > win_lo:
@@ -269,6 +274,9 @@ def zone_metrics(
                         missed += obs
                         missed_one += one_in
         silence = now - last_exit  # since the latest exit (inf if none in the window)
+        # mean time from a random moment to the next exit (renewal theory: E[g^2] / 2 E[g]):
+        # half the dispatch interval of a ride loading in batches, ~0 for a steady trickle
+        residual = busy_sq / (2.0 * busy) if busy > 0.0 else 0.0
         busy += min(max(0.0, silence), stall_s)
         arrived = 0
         for k in range(min(arr_n[z], arr_t.shape[1])):
@@ -344,8 +352,18 @@ def zone_metrics(
         out_f[M_WAIT, z] = wait
         out_method[z] = method
         service = (served_j - 1) / busy * keep_out / rate_out if busy > 0.0 else 0.0
+        stalled = silence > 2.0 * stall_s
+        if served_j >= min_measured and not stalled and count >= service * 2.0 * stall_s:
+            # a busy line: the exits ran at the ride's capacity
+            capacity[z, 0] = service
+            capacity[z, 1] = now
+        elif capacity[z, 1] > now - capacity_s and capacity[z, 0] > service:
+            # a short line is served at capacity as soon as guests are in it: the exits of a
+            # short line measure the demand (a parade's lull), not the service rate
+            service = capacity[z, 0]
+        walk = 0.0 if np.isinf(min_wait[z]) else min_wait[z]
         out_f[M_WAIT_JOINING, z] = joining_wait(
-            count, service, served_j, min_measured, min_wait[z], silence > 2.0 * stall_s
+            count, service, served_j, min_measured, walk + residual, stalled
         )
         if rate_span_s < rate_window_s:
             # a fresh engine: rates over a part-window are biased by the line filling up
@@ -368,11 +386,12 @@ def joining_wait(
 ) -> float:
     """Wait (s) of a guest joining the line now: the guests ahead of them (``queue_len``,
     corrected) at the service rate (guests/s, corrected), but at least ``shortest_s`` (the
-    shortest wait ever measured: the walk of an empty line; inf: none). An empty line waits the walk (0 if never measured).
+    wait of an empty line: the walk plus the mean time to the next dispatch). An empty line
+    waits that.
     NaN without evidence of service: fewer than ``min_measured`` exits read, or ``stalled``
     (the exit reader has been silent for over twice ``stall_s``: a stopped ride, whose wait
     depends on when it restarts)."""
-    walk = 0.0 if np.isinf(shortest_s) else shortest_s
+    walk = shortest_s
     if queue_len == 0.0:
         return walk
     if served >= min_measured and service_per_s > 0.0 and not stalled:

@@ -289,3 +289,43 @@ def test_reference_agrees_with_strays_and_repeats() -> None:
     for (_, a), (_, b) in zip(fast, slow, strict=True):
         for name, got in a.arrays().items():
             np.testing.assert_allclose(got, b.arrays()[name], rtol=1e-12, equal_nan=True)
+
+
+def test_joining_wait_of_a_draining_line_is_not_floored_by_old_waits() -> None:
+    # The engine starts on a long line that then drains (10/min join for an hour against
+    # ~6/min service, then 3/min). Every wait it measures is long, and a wait joining now is
+    # shorter than any of them: the shortest measured wait is no walk (nobody walked into an
+    # empty line), so it must not floor wait_joining_s.
+    rng = np.random.default_rng(4)
+    arrive = np.cumsum(rng.exponential(6.0, 600))
+    arrive = np.concatenate([arrive, arrive[-1] + np.cumsum(rng.exponential(20.0, 400))])
+    leave = np.empty(arrive.size)
+    free_at = 0.0
+    for i in range(arrive.size):
+        free_at = max(free_at, arrive[i]) + rng.uniform(9.0, 11.0)
+        leave[i] = free_at
+    reads = []
+    for i in range(arrive.size):
+        if rng.random() < 0.9:
+            reads.append((arrive[i], i + 1, 0))
+        if rng.random() < 0.9:
+            reads.append((leave[i], i + 1, 1))
+    t0 = arrive[599]  # the line is ~230 guests long (a 40 min wait), and drains from here
+    late = [r for r in reads if r[0] >= t0]
+
+    def joining_error(**kw: float) -> float:
+        engine = ZoneEngine(QUEUE, max_tags=4096, fifo_slack_s=60.0, **kw)  # type: ignore[arg-type]
+        engine.tick(float(t0))
+        est, true = [], []
+        for now, m in run_queue(engine, list(late), until=leave[-1]):
+            nxt = min(int(np.searchsorted(arrive, now)), arrive.size - 1)
+            # from when the guests who joined after t0 board until the line is short
+            if not t0 + 2700 < now < t0 + 4200 or not np.isfinite(m.wait_joining_s[0]):
+                continue
+            est.append(m.wait_joining_s[0])
+            true.append(leave[nxt] - arrive[nxt])
+        e, t = np.array(est), np.array(true)
+        return float(np.abs(e - t).sum() / t.sum())
+
+    assert joining_error() < 0.1, joining_error()
+    assert joining_error(walk_ahead=10**9) > 0.5  # every wait a walk: the old floor
