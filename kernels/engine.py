@@ -43,7 +43,7 @@ __all__ = [
 ]
 
 # Version of the layout ZoneEngine.snapshot writes; restore refuses newer ones.
-SNAPSHOT_FORMAT = 2
+SNAPSHOT_FORMAT = 3
 
 
 class SnapshotMismatch(ValueError):
