@@ -374,6 +374,11 @@ class Publisher:
         s = self._session
         return s is not None and s.connack.done() and not s.lost.is_set()
 
+    @property
+    def broker_url(self) -> str:
+        """The broker of ``broker.url``'s list in use (or to be tried next when offline)."""
+        return self.settings.addresses[self._index].url
+
     def kick(self) -> None:
         """Tell the publisher new rows are in the outbox (call from the event loop)."""
         self._wake.set()
