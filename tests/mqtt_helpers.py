@@ -6,7 +6,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,3 +180,18 @@ def start_mosquitto(
         broker.close()
         raise
     return broker
+
+
+def need_mosquitto() -> None:
+    """Skip the calling test module unless Mosquitto is installed."""
+    import pytest
+
+    from agent.broker import find_mosquitto
+
+    if find_mosquitto() is None:
+        pytest.skip("mosquitto is not installed", allow_module_level=True)
+
+
+def run_bounded(coro: Coroutine[Any, Any, None], timeout: float) -> None:
+    """``asyncio.run`` a test scenario, failing it after ``timeout`` s."""
+    asyncio.run(asyncio.wait_for(coro, timeout))

@@ -11,28 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.broker import LocalBroker, find_mosquitto, start_broker
+from agent.broker import LocalBroker, start_broker
 from agent.outbox import Outbox
 from agent.publisher import BrokerSettings, Publisher
-from tests.mqtt_helpers import Collector, async_wait_for, start_mosquitto
+from tests.mqtt_helpers import (
+    Collector,
+    async_wait_for,
+    need_mosquitto,
+    run_bounded,
+    start_mosquitto,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
-if find_mosquitto() is None:
-    pytest.skip("mosquitto is not installed", allow_module_level=True)
+need_mosquitto()
 
 STATUS = "venue/park/gateway/gw-01/status"
 MOMENT = "venue/park/moment/dino-queue/queue_long"
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 90))
 
 
 def make_publisher(urls: list[str], outbox: Outbox, **kw: Any) -> Publisher:
@@ -118,7 +118,7 @@ def test_killed_broker_fails_over_to_the_next_and_back(
             await task
 
         with caplog.at_level(logging.INFO, logger="agent.publisher"):
-            run(scenario())
+            run_bounded(scenario(), 90)
 
         first, second, back = moments(sub1), moments(sub2), moments(subs[2])
         everything = first + second + back
@@ -185,7 +185,7 @@ def test_first_broker_down_at_start_goes_straight_to_the_second(tmp_path: Path) 
                 await pub.stop()
                 await task
 
-            run(scenario())
+            run_bounded(scenario(), 90)
             sub.wait_for(lambda ms: len([m for m in ms if m.topic == MOMENT]) == 10)
             assert [s for s, _ in moments(sub)] == list(range(1, 11))
     finally:
@@ -219,7 +219,7 @@ def test_mqtt311_only_brokers_are_announced_once(
             await task
 
         with caplog.at_level(logging.INFO, logger="agent.publisher"):
-            run(scenario())
+            run_bounded(scenario(), 90)
         said = [r.getMessage() for r in caplog.records
                 if "MQTT 5 features are unavailable" in r.getMessage()]
         assert len(said) == 1, said

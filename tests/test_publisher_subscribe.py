@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +17,16 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.broker import find_mosquitto
 from agent.outbox import Outbox
 from agent.publisher import BrokerSettings, Publisher
-from tests.mqtt_helpers import async_wait_for, start_mosquitto
+from tests.mqtt_helpers import async_wait_for, need_mosquitto, run_bounded, start_mosquitto
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
-if find_mosquitto() is None:
-    pytest.skip("mosquitto is not installed", allow_module_level=True)
+need_mosquitto()
 
 STATUS = "venue/park/gateway/gw-01/status"
 ACK = "venue/park/ack/m-1"
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 40))
 
 
 def send(port: int, topic: str, payload: bytes, retain: bool = False) -> None:
@@ -99,7 +92,7 @@ def test_on_message_runs_on_the_loop_and_survives_reconnects(
     try:
         main_thread = threading.get_ident()
         with caplog.at_level(logging.DEBUG, logger="agent.publisher"):
-            run(scenario())
+            run_bounded(scenario(), 40)
         assert [(t, p) for t, p, _, _ in got] == [
             (ACK, b"probe-1"), (ACK, b"boom"), (ACK, b"first"), (ACK, b"probe-2"),
             (ACK, b"async")]

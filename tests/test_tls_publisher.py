@@ -12,32 +12,34 @@ import logging
 import socket
 import ssl
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent import cli
-from agent.broker import LocalBroker, _accepts, find_mosquitto, free_port
+from agent.broker import LocalBroker, _accepts, free_port
 from agent.config import parse_config
 from agent.outbox import Outbox
 from agent.publisher import BrokerSettings, Publisher
-from tests.mqtt_helpers import Collector, async_wait_for, start_mosquitto, wait_for
+from tests.mqtt_helpers import (
+    Collector,
+    async_wait_for,
+    need_mosquitto,
+    run_bounded,
+    start_mosquitto,
+    wait_for,
+)
 from tests.tls_helpers import have_openssl, make_pki, tls_listener_conf
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
-if find_mosquitto() is None:
-    pytest.skip("mosquitto is not installed", allow_module_level=True)
+need_mosquitto()
 
 STATUS = "venue/park/gateway/gw-01/status"
 MOMENT = "venue/park/moment/dino-queue/queue_long"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(coro: Coroutine[Any, Any, None]) -> None:
-    asyncio.run(asyncio.wait_for(coro, 40))
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +101,7 @@ def refused(settings: BrokerSettings, tmp_path: Path, caplog: pytest.LogCaptureF
         await task
 
     with caplog.at_level(logging.DEBUG, logger="agent.publisher"):
-        run(scenario())
+        run_bounded(scenario(), 40)
     assert outbox.depth() == 1 and pub.stats().acked == 0 and pub.stats().reconnects == 0
     assert "connected to MQTT broker" not in caplog.text
     outbox.close()
@@ -122,7 +124,7 @@ def test_connects_with_the_venue_ca_and_a_client_certificate(
 
     with Collector(mtls.plain_port, "venue/#") as sub:
         with caplog.at_level(logging.INFO, logger="agent.publisher"):
-            run(scenario())
+            run_bounded(scenario(), 40)
         sub.wait_for(lambda ms: len([m for m in ms if m.topic == MOMENT]) == 20)
         assert [m.json()["seq"] for m in sub.on(MOMENT)] == list(range(1, 21))
     assert f"connected to MQTT broker {mtls.url}" in caplog.text
