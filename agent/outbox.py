@@ -684,6 +684,13 @@ class Outbox:
             self._record_drops(REASON_DEAD, [(r[0], r[1], r[2])])
         return True
 
+    def purge_dead_letters(self, before: float) -> int:
+        """Delete dead letters that died before ``before`` (wall-clock seconds): the
+        retention limit (``privacy.retention_days``). Returns how many went."""
+        with self._db.atomic():
+            return int(self._db.execute("DELETE FROM outbox_dead WHERE dead_at < ?",
+                                        [before]).rowcount)
+
     # -- reading -------------------------------------------------------------------------
 
     def pending(

@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from agent.config import Config
@@ -114,6 +115,14 @@ class Agent:
         from agent import checkpoint
 
         path = self.cfg.checkpoint_path
+        if _older_than(path, self.cfg.privacy.retention_s, self.wall()):
+            # It holds pseudonyms: past the retention limit it goes (and it is of no use:
+            # its pseudonym epoch is over).
+            log.warning("checkpoint %s is older than privacy.retention_days (%g); deleting "
+                        "it and starting with an empty engine", path,
+                        self.cfg.privacy.retention_days)
+            path.unlink(missing_ok=True)
+            return
         cp, why = checkpoint.load(path, checkpoint.fingerprint(self.cfg))
         if cp is None:
             if why != "no checkpoint":
@@ -233,6 +242,7 @@ class Agent:
                                     expiry_s=msg.expiry_s)
             if time.monotonic() >= self._next_drop_report:
                 self._next_drop_report = time.monotonic() + DROP_REPORT_EVERY_S
+                self.outbox.purge_dead_letters(wall - self.cfg.privacy.retention_s)
                 report = self.outbox.take_drop_report()
                 if report is not None:
                     log.warning("the outbox dropped %d messages (%s)", report.total,
@@ -334,6 +344,14 @@ class Agent:
         if not pub_task.done():
             pub_task.cancel()
         self.outbox.close()
+
+
+def _older_than(path: Path, age_s: float, now: float) -> bool:
+    """True if ``path`` exists and was last written more than ``age_s`` before ``now``."""
+    try:
+        return now - path.stat().st_mtime > age_s
+    except OSError:
+        return False
 
 
 def _open_outbox(cfg: Config) -> Outbox:
