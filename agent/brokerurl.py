@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ["DEFAULT_PORTS", "BrokerAddress", "default_require_tls", "parse_broker_url"]
+__all__ = ["DEFAULT_PORTS", "BrokerAddress", "effective_require_tls", "parse_broker_url",
+           "plain_needs_tls"]
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
@@ -94,8 +95,15 @@ def parse_broker_url(url: str) -> BrokerAddress:
     return BrokerAddress(url=url, scheme=scheme, host=host.lower(), port=port)
 
 
-def default_require_tls(username: str | None, urls: tuple[str, ...] | list[str]) -> bool:
-    """``broker.require_tls`` when the config does not say: on whenever credentials are
-    configured (a username), unless every broker is on this machine (loopback), where the
-    password never crosses a network. ``urls`` must already parse."""
-    return bool(username) and not all(parse_broker_url(u).loopback for u in urls)
+def plain_needs_tls(address: BrokerAddress, username: str | None) -> bool:
+    """The default of ``broker.require_tls`` for one broker: a plain ``mqtt://`` URL is
+    refused when credentials are configured (a username), unless the broker is on this
+    machine (loopback), where the password never crosses a network."""
+    return bool(username) and not address.loopback
+
+
+def effective_require_tls(username: str | None, urls: tuple[str, ...] | list[str]) -> bool:
+    """What an unset ``broker.require_tls`` comes to, printed so that the printed config
+    accepts exactly the same URLs: true when there are credentials and every URL is
+    ``mqtts://`` (``urls`` must already parse)."""
+    return bool(username) and all(parse_broker_url(u).tls for u in urls)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from agent.brokerurl import default_require_tls, parse_broker_url
+from agent.brokerurl import effective_require_tls, parse_broker_url
 from firmware_bridge.ble_adverts import IDENTITY_RULES, WristbandFormat
 from firmware_bridge.protocols import PROTOCOL_NAMES
 
@@ -110,7 +110,7 @@ class BrokerConfig:
     replay_per_s: float = _limits(50.0, gt=0)  # backlog messages sent per second after an outage
     cert_file: str = ""  # client certificate (PEM) for mqtts://; with key_file
     key_file: str = ""  # its private key (PEM, unencrypted, mode 0600)
-    # None: on whenever a username is set and a broker is off this machine (loopback).
+    # None: with a username, plain mqtt:// only to a broker on this machine (loopback).
     require_tls: bool | None = None
 
     def __post_init__(self) -> None:
@@ -656,7 +656,7 @@ def effective(cfg: Config) -> dict[str, Any]:
     urls = data["broker"].pop("urls")
     data["broker"]["url"] = urls[0] if len(urls) == 1 else urls
     if cfg.broker.require_tls is None:  # printed as what it comes to
-        data["broker"]["require_tls"] = default_require_tls(cfg.broker.username, urls)
+        data["broker"]["require_tls"] = effective_require_tls(cfg.broker.username, urls)
     for z, zd in zip(cfg.zones, data["zones"], strict=True):
         zd["absence_timeout_s"] = z.timeout_s
         zd["queue_long_clear_s"] = z.clear_wait_s

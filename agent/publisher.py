@@ -40,7 +40,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from agent.brokerurl import BrokerAddress, default_require_tls, parse_broker_url
+from agent.brokerurl import BrokerAddress, parse_broker_url, plain_needs_tls
 from agent.outbox import Outbox, OutMessage
 
 __all__ = [
@@ -71,9 +71,9 @@ class BrokerSettings:
     TLS (``mqtts://``): the server certificate is always verified, against ``ca_file`` or
     the system trust store, host name included; TLS 1.2 at least. ``cert_file`` and
     ``key_file`` (together) are a client certificate; a key file its group or others may
-    read is refused. ``require_tls`` refuses any ``mqtt://`` URL; None (the default) means
-    True whenever a username is set, unless every broker is on this machine (loopback),
-    where a password never crosses a network.
+    read is refused. ``require_tls`` refuses any ``mqtt://`` URL; None (the default) refuses
+    it whenever a username is set, unless that broker is on this machine (loopback), where
+    a password never crosses a network.
 
     Everything refused raises :class:`ValueError` naming the setting (``ca_file``,
     ``cert_file``, ``key_file``, ``require_tls``, ``url``...): ``check-config`` shares it.
@@ -138,9 +138,10 @@ class BrokerSettings:
                     f"broker key_file {self.key_file}: its mode {mode:04o} lets the group or "
                     f"others read it; the agent refuses a private key others can read. Fix: "
                     f"chmod 600 {self.key_file}")
-        if plain and self.tls_required:
+        refused = [a.url for a in addresses if not a.tls and self._needs_tls(a)]
+        if refused:
             raise ValueError(
-                f"broker url {plain[0]!r} is plain MQTT but require_tls is on"
+                f"broker url {refused[0]!r} is plain MQTT but require_tls is on"
                 + (f" (the password of user {self.username!r} would cross the network in "
                    "clear)" if self.require_tls is None else "")
                 + ": use mqtts://, or set broker.require_tls = false to allow it")
@@ -156,12 +157,16 @@ class BrokerSettings:
         object.__setattr__(self, "port", addresses[0].port)
         object.__setattr__(self, "tls", addresses[0].tls)
 
-    @property
-    def tls_required(self) -> bool:
-        """``require_tls``, or its default: a username to a broker off this machine."""
+    def _needs_tls(self, address: BrokerAddress) -> bool:
         if self.require_tls is not None:
             return self.require_tls
-        return default_require_tls(self.username, self.urls or (self.url,))
+        return plain_needs_tls(address, self.username)
+
+    @property
+    def tls_required(self) -> bool:
+        """Some broker of the list may only be reached over TLS (``require_tls``, or its
+        default: with a username, every broker off this machine)."""
+        return any(self._needs_tls(a) for a in self.addresses)
 
     def ssl_context(self) -> ssl.SSLContext:
         """A client TLS context: server verified (``ca_file`` or the system store, host name

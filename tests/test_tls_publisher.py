@@ -204,6 +204,10 @@ def test_require_tls_refuses_plain_mqtt_with_credentials() -> None:
     assert not BrokerSettings("mqtt://127.0.0.1:1883", client_id="gw",
                               username="gw").tls_required
     assert BrokerSettings("mqtts://broker.example", client_id="gw", username="gw").tls_required
+    # Per broker: a local plain broker may follow a remote TLS one in a failover list.
+    mixed = BrokerSettings(urls=("mqtts://broker.example", "mqtt://127.0.0.1"),
+                           client_id="gw", username="gw")
+    assert mixed.tls_required and [a.loopback for a in mixed.addresses] == [False, True]
 
 
 def _config(tmp_path: Path, broker: str) -> Path:
@@ -235,6 +239,15 @@ def test_check_config_refuses_plain_mqtt_with_credentials(
                                  f'{require}')
         assert cli.main(["check-config", str(path)]) == 0
         assert f"require_tls = {str(printed).lower()}" in capsys.readouterr().out
+    # Printed so that it accepts the same URLs: false beside a plain (loopback) broker.
+    path = _config(tmp_path, 'url = ["mqtts://broker.example", "mqtt://127.0.0.1"]\n'
+                             'username = "gw"\npassword_file = "PW"')
+    assert cli.main(["check-config", str(path)]) == 0
+    printed_config = capsys.readouterr().out
+    assert "require_tls = false" in printed_config
+    reloaded = tmp_path / "printed.toml"
+    reloaded.write_text(printed_config)
+    assert cli.main(["check-config", str(reloaded)]) == 0
 
 
 def test_config_client_certificate_keys(pki: Path, tmp_path: Path) -> None:
