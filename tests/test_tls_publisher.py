@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import socket
 import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,10 +56,12 @@ class TlsBroker:
     """Mosquitto with a TLS listener (``tls_port``, client certificates required or not)
     and a plain loopback listener (``plain_port``) for the test's subscriber."""
 
-    def __init__(self, workdir: Path, pki: Path, *, require_certificate: bool) -> None:
+    def __init__(self, workdir: Path, pki: Path, *, require_certificate: bool,
+                 extra: list[str] | None = None) -> None:
         self.plain_port = free_port()
         self.broker: LocalBroker = start_mosquitto(
-            workdir, extra_conf=[*tls_listener_conf(pki, require_certificate=require_certificate),
+            workdir, extra_conf=[*(extra or []),
+                                 *tls_listener_conf(pki, require_certificate=require_certificate),
                                  f"listener {self.plain_port} 127.0.0.1"])
         self.tls_port = self.broker.port
         wait_for(lambda: _accepts(self.plain_port), 10, "the plain listener")
@@ -331,3 +335,36 @@ def test_tls_below_1_2_is_refused(pki: Path, tmp_path: Path,
         assert server.handshakes == ["TLSv1.1"]  # only the test's own old client got through
     finally:
         server.close()
+
+
+def test_username_and_password_over_tls(pki: Path, tmp_path: Path,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A password login over TLS (no client certificate); a wrong password is refused."""
+    if shutil.which("mosquitto_passwd") is None:
+        pytest.skip("mosquitto_passwd is not installed")
+    passwd = tmp_path / "passwd"
+    passwd.write_text("")
+    subprocess.run(["mosquitto_passwd", "-b", str(passwd), "gw-01", "right"], check=True,
+                   capture_output=True)
+    b = TlsBroker(tmp_path / "broker", pki, require_certificate=False,
+                  extra=["allow_anonymous false", f"password_file {passwd}"])
+    try:
+        good = BrokerSettings(b.url, client_id="gw-01", ca_file=str(pki / "ca.crt"),
+                              username="gw-01", password="right")
+        outbox = Outbox(tmp_path / "o.db")
+        outbox.enqueue(MOMENT, {"i": 0}, seq_stream="guaranteed")
+        pub = publisher(good, outbox)
+
+        async def scenario() -> None:
+            task = asyncio.create_task(pub.run())
+            await async_wait_for(lambda: outbox.depth() == 0, 10, "sent with a password")
+            await pub.stop()
+            await task
+
+        run_bounded(scenario(), 40)
+        outbox.close()
+        bad = BrokerSettings(b.url, client_id="gw-01", ca_file=str(pki / "ca.crt"),
+                             username="gw-01", password="wrong")
+        refused(bad, tmp_path, caplog, "refused: Not authorized")  # MQTT 5 CONNACK 0x87
+    finally:
+        b.close()
