@@ -60,10 +60,10 @@ class Board:
         self.venue = venue
         self.settings = broker_settings(broker_url, client_id=client_id("board"),
                                         username=username, password_file=password_file,
-                                        ca_file=ca_file, protocol=protocol)
-        self.cert_file, self.key_file = cert_file, key_file
+                                        ca_file=ca_file, cert_file=cert_file,
+                                        key_file=key_file, protocol=protocol)
         self.state = ConsoleState(broker=broker_url)
-        self.pages: set[asyncio.Queue[str]] = set()
+        self.pages: set[asyncio.Queue[str | None]] = set()  # None: the server is stopping
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending = False
         self._last_sent = ""
@@ -160,7 +160,7 @@ class Board:
                                            "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
         await resp.prepare(req)
-        q: asyncio.Queue[str] = asyncio.Queue(maxsize=1)
+        q: asyncio.Queue[str | None] = asyncio.Queue(maxsize=1)
         self.pages.add(q)
         try:
             await resp.write(b"retry: 2000\n\n")
@@ -171,6 +171,8 @@ class Board:
                 except TimeoutError:
                     await resp.write(b": keep-alive\n\n")
                     continue
+                if data is None:
+                    break
                 await resp.write(_event(data))
         except (ConnectionResetError, asyncio.CancelledError):
             pass
@@ -181,13 +183,15 @@ class Board:
     async def _startup(self, _app: web.Application) -> None:
         self._loop = asyncio.get_running_loop()
         self.feed = MqttFeed(self.settings, self.filters(), self._from_paho,
-                             cert_file=self.cert_file, key_file=self.key_file,
                              on_change=self._connection_changed)
         self.feed.start()
         self._tasks.append(asyncio.create_task(self._housekeeping()))
 
     async def _shutdown(self, _app: web.Application) -> None:
-        self.pages.clear()
+        for q in list(self.pages):  # end every open stream, so the server can stop
+            with contextlib.suppress(asyncio.QueueEmpty):
+                q.get_nowait()
+            q.put_nowait(None)
 
     async def _cleanup(self, _app: web.Application) -> None:
         for t in self._tasks:
@@ -218,7 +222,7 @@ def run_board(broker_url: str, venue: str, *, host: str = "127.0.0.1", port: int
             loop.add_signal_handler(sig, stop.set)
         if duration_s is not None:
             loop.call_later(duration_s, stop.set)
-        runner = web.AppRunner(board.app())
+        runner = web.AppRunner(board.app(), shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         await site.start()

@@ -425,22 +425,12 @@ class MqttFeed:
 
     ``protocol="auto"`` tries MQTT 5 and falls back to 3.1.1 when the broker refuses the
     version (call :meth:`poll` now and then from the owning thread: it swaps the client).
-    ``cert_file``/``key_file`` are the client certificate for mutual TLS (mqtts:// only)."""
+    TLS is the gateway's (``BrokerSettings.ssl_context``), client certificate included."""
 
     def __init__(self, settings: BrokerSettings, filters: list[str],
                  on_message: Callable[[str, bytes], None], *,
-                 cert_file: str | None = None, key_file: str | None = None,
                  on_change: Callable[[], None] | None = None) -> None:
-        if (cert_file or key_file) and not settings.tls:
-            raise ValueError(f"a client certificate needs an mqtts:// broker url, not "
-                             f"{settings.url!r}")
-        if key_file and not cert_file:
-            raise ValueError("--key-file needs --cert-file")
-        for what, f in (("cert file", cert_file), ("key file", key_file)):
-            if f and not Path(f).is_file():
-                raise ValueError(f"{what} {f!r} does not exist")
         self.settings, self.filters = settings, filters
-        self.cert_file, self.key_file = cert_file, key_file
         self._on_message, self._on_change = on_message, on_change
         self.connected = False
         self.ever_connected = False
@@ -459,10 +449,8 @@ class MqttFeed:
                         clean_session=None if v5 else True)
         if s.username is not None:
             c.username_pw_set(s.username, s.password)
-        if s.tls:
-            # cert/key passed here: agent.publisher.BrokerSettings has no client certificate
-            # fields yet.
-            c.tls_set(ca_certs=s.ca_file, certfile=self.cert_file, keyfile=self.key_file)
+        if s.tls:  # the gateway's TLS: server verified, TLS 1.2+, optional client cert
+            c.tls_set_context(s.ssl_context())
         c.reconnect_delay_set(1, 5)
         c.on_connect = self._connected
         c.on_connect_fail = self._connect_failed
@@ -528,6 +516,7 @@ class MqttFeed:
 
 def broker_settings(url: str, *, client_id: str, username: str | None = None,
                     password_file: str | None = None, ca_file: str | None = None,
+                    cert_file: str | None = None, key_file: str | None = None,
                     protocol: str = "auto") -> BrokerSettings:
     """BrokerSettings from command-line options; ValueError naming what is wrong."""
     password = None
@@ -537,7 +526,8 @@ def broker_settings(url: str, *, client_id: str, username: str | None = None,
         except OSError as e:
             raise ValueError(f"cannot read --password-file {password_file}: {e}") from None
     return BrokerSettings(url, client_id=client_id, username=username, password=password,
-                          ca_file=ca_file, protocol=protocol)  # type: ignore[arg-type]
+                          ca_file=ca_file, cert_file=cert_file, key_file=key_file,
+                          protocol=protocol)  # type: ignore[arg-type]
 
 
 def client_id(kind: str) -> str:
@@ -579,15 +569,15 @@ def watch(broker_url: str, venue: str, *, team: str | None = None, duration_s: f
     (None: wait forever) and ValueError for bad options. With ``ack``: publish the
     acknowledgement of that moment id, wait for the broker's PUBACK and return."""
     settings = broker_settings(broker_url, client_id=client_id("watch"), username=username,
-                               password_file=password_file, ca_file=ca_file, protocol=protocol)
+                               password_file=password_file, ca_file=ca_file,
+                               cert_file=cert_file, key_file=key_file, protocol=protocol)
     topics = Topics(venue)
     by = name or default_staff_name()
     if ack is not None:
         topics.ack(ack)  # ValueError early
     inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
     # paho's thread only hands messages over; state and rendering live on this thread.
-    feed = MqttFeed(settings, topics.console_filters(team),
-                    lambda t, p: inbox.put((t, p)), cert_file=cert_file, key_file=key_file)
+    feed = MqttFeed(settings, topics.console_filters(team), lambda t, p: inbox.put((t, p)))
     state = ConsoleState(broker=broker_url)
     redraw = out.isatty() if redraw is None else redraw
     interactive = redraw and sys.stdin.isatty() if keys is None else keys
