@@ -345,7 +345,9 @@ def render(state: ConsoleState, *, venue: str = "", interactive: bool = False,
     parts.append(Text(f"venue {venue}   gateways: {gw or '-'}", style="bold"))
 
     zt = Table(title="zones", title_justify="left", expand=False)
-    for col, justify in (("zone", "left"), ("kind", "left"), ("queue", "right"),
+    zt.add_column("zone", no_wrap=True,
+                  min_width=min(24, max((len(z) for z in state.zones), default=4)))
+    for col, justify in (("kind", "left"), ("queue", "right"),
                          ("posted wait", "right"), ("wait_s", "right"),
                          ("forecast", "right"), ("trend", "center"), ("arr/min", "right"),
                          ("out/min", "right")):
@@ -363,8 +365,10 @@ def render(state: ConsoleState, *, venue: str = "", interactive: bool = False,
     parts.append(zt)
 
     at = Table(title="alerts (newest first)", title_justify="left", expand=False)
-    for col in ("time", "priority", "team", "zone", "what", "taken by"):
-        at.add_column(col)
+    for col in ("time", "priority", "team", "zone"):
+        at.add_column(col, no_wrap=True)
+    at.add_column("what", ratio=1)
+    at.add_column("taken by", no_wrap=True)
     for a in list(reversed(state.feed))[:max_alerts]:
         style = PRIORITY_STYLE.get(a.priority, "") if a.source == "dispatch" else "magenta"
         taken = state.taken_by(a.moment_id)
