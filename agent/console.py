@@ -621,7 +621,8 @@ def watch(broker_url: str, venue: str, *, team: str | None = None, duration_s: f
                         "UNREACHABLE" if feed.last_error else "connecting")
                 if not redraw and link != shown:
                     print(f"broker {link}: {broker_url}" + (
-                        f" ({feed.last_error}); retrying" if link == "UNREACHABLE" else ""),
+                        f" ({feed.last_error}); retrying" if link == "UNREACHABLE" else
+                        f" (MQTT {feed.protocol})" if link == "connected" else ""),
                         file=out, flush=True)
                 shown = link
                 if ack is not None and feed.connected:

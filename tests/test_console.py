@@ -175,6 +175,7 @@ def test_ack_is_published_retained_and_a_second_console_shows_who_took_it(
                        "--name", "alice", "--protocol", "5")
             assert out.returncode == 0, out.stderr
             assert f"acknowledged {MID_NEW} as alice" in out.stdout
+            assert f"broker connected: {url} (MQTT 5)" in out.stdout
             got = acks.wait_for(lambda ms: bool(ms))[0]
         body = got.json()
         assert got.topic == f"venue/{VENUE}/ack/{MID_NEW}" and got.qos == 1
@@ -189,7 +190,7 @@ def test_ack_is_published_retained_and_a_second_console_shows_who_took_it(
                     "--protocol", "3.1.1")
         assert late.returncode == 0, late.stderr
         assert f"ACK {MID_NEW} taken by alice" in late.stdout
-        assert "broker connected" in late.stdout
+        assert f"broker connected: {url} (MQTT 3.1.1)" in late.stdout
 
 
 @pytest.mark.e2e
@@ -212,3 +213,16 @@ def test_bad_options_exit_2(tmp_path: Path) -> None:
     assert out.returncode == 2 and "mqtts://" in out.stderr
     out = _cli("watch", "--broker", "mqtt://127.0.0.1:1", "--venue", VENUE, "--ack", "a/b")
     assert out.returncode == 2 and "moment_id" in out.stderr
+
+
+@pytest.mark.e2e
+def test_auto_falls_back_to_mqtt_3_1_1_on_a_broker_without_mqtt_5(tmp_path: Path) -> None:
+    pytest.importorskip("amqtt")
+    from agent.broker import start_broker
+
+    with start_broker(prefer="embedded", workdir=tmp_path / "broker") as broker:
+        out = _cli("watch", "--broker", broker.url, "--venue", VENUE, "--ack", MID_OLD,
+                   "--name", "dave", "--connect-timeout", "20")
+        assert out.returncode == 0, (out.stdout, out.stderr)
+        assert f"acknowledged {MID_OLD} as dave" in out.stdout
+        assert "broker connected: " + broker.url + " (MQTT 3.1.1)" in out.stdout
