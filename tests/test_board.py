@@ -227,3 +227,32 @@ def test_the_page_is_told_when_the_broker_goes_away(board: tuple[Any, int, Any])
         sse.until(lambda s: s["broker"]["connected"], 20)
     finally:
         sse.close()
+
+
+def test_the_snapshot_posts_the_joining_wait_drops_expired_nudges_and_names_the_taker() -> None:
+    from agent.console import ConsoleState
+
+    s = ConsoleState()
+    s.apply(T.zone_state("dino-queue"), _zone("dino-queue", 1200, 1500, 100, 2000))
+    s.apply(T.zone_state("jungle-queue"), _zone("jungle-queue", 420, None, 30, 400))
+    mid = "01JGGGGGGGGGGGGGGGGGGGGGGG"
+    s.apply(T.moment("dino-queue", "queue_long"), {
+        "moment_id": mid, "kind": "queue_long", "zone": "dino-queue", "zone_name": "Dino Ride",
+        "status": "opened", "opened_at": "2026-07-01T12:00:00Z"})
+    s.apply(Topics(VENUE).ack(mid), {"schema": "venue-agent/ack@1", "moment_id": mid,
+                                     "by": "erin"})
+    now = time.time()
+    for zone, age in (("jungle-queue", 10), ("plaza", 700)):
+        s.apply(T.nudge(zone), {"zone": zone, "message": f"go {zone}", "valid_for_s": 600,
+                                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                    time.gmtime(now - age))})
+    snap = s.snapshot(now)
+    waits = {z["zone"]: (z["posted_wait_s"], z["trend"], z["name"]) for z in snap["zones"]}
+    assert waits == {"dino-queue": (1500.0, "↑", "Dino Ride"),
+                     "jungle-queue": (420.0, "→", "jungle-queue")}
+    assert snap["moments"] == [{"moment_id": mid, "kind": "queue_long", "zone": "dino-queue",
+                                "zone_name": "Dino Ride", "status": "opened",
+                                "opened_at": "2026-07-01T12:00:00Z", "value": None,
+                                "unit": None, "taken_by": "erin"}]
+    assert [n["zone"] for n in snap["nudges"]] == ["jungle-queue"]  # plaza's expired
+    json.dumps(snap)  # all JSON
