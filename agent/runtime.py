@@ -169,7 +169,8 @@ class Agent:
         return json.dumps(self.core.status_payload(online, reason, self.wall())).encode()
 
     def _make_publisher(self) -> Any:
-        from agent.publisher import BrokerSettings, Publisher
+        from agent.config import broker_settings
+        from agent.publisher import Publisher
 
         b = self.cfg.broker
         password = None
@@ -180,10 +181,7 @@ class Agent:
             except OSError as e:
                 raise StartupError(f"broker.password_file: cannot read {b.password_file} "
                                    f"({e})") from None
-        settings = BrokerSettings(url=b.url, client_id=self.cfg.client_id,
-                                  keepalive_s=b.keepalive_s, username=b.username or None,
-                                  password=password, ca_file=b.ca_file or None,
-                                  protocol=b.protocol)  # type: ignore[arg-type]  # validated
+        settings = broker_settings(b, self.cfg.client_id, password)
         # The will is built per connection (fresh id and at) and for the clean stop.
         return Publisher(settings, self.outbox,
                          will=lambda reason: (self.topics.status, self._status(False, reason)),

@@ -64,7 +64,7 @@ def test_password_file_without_username_is_refused(tmp_path: Path) -> None:
     err = _error(_broker(f'url = "mqtt://h"\npassword_file = "{pw}"'))
     assert err.key in ("broker.username", "broker.password_file")
     assert "username" in str(err)
-    ok = parse_config(_broker(f'url = "mqtt://h"\npassword_file = "{pw}"\nusername = "gw"'))
+    ok = parse_config(_broker(f'url = "mqtts://h"\npassword_file = "{pw}"\nusername = "gw"'))
     assert ok.broker.password_file == str(pw)
 
 
