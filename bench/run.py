@@ -4,6 +4,10 @@ Measures, in one run on this machine, and prints next to the targets:
 
 - ingest_reads_per_s: ZoneEngine.ingest on one core (process pinned, NUMBA_NUM_THREADS=1),
   warm, median of repeats, in gateway-sized batches (one tick of reads) and in large batches;
+- kernel_vs_bare / kernel_vs_bare_large_batch: that rate over the rate of a bare
+  open-addressing update loop (bench/bare.py: the least work any presence engine must do per
+  read) on the same reads, the two timed in alternation in this process (median of the
+  per-round ratios): how near the kernel runs to the machine, whatever the machine;
 - speedup_vs_python / speedup_vs_numpy: that rate over ReferenceEngine's and NumpyIngest's on
   the same stream and batches, measured in the same run (ratios, so they survive a slower or
   busier machine better than absolute figures do);
@@ -45,6 +49,8 @@ from bench.workloads import make_workload  # noqa: E402
 # name -> (comparison, target); "min": the figure must be at least the target.
 TARGETS: dict[str, tuple[str, float]] = {
     "ingest_reads_per_s": ("min", 20e6),
+    "kernel_vs_bare": ("min", 0.5),
+    "kernel_vs_bare_large_batch": ("min", 0.5),
     "speedup_vs_python": ("min", 100.0),
     "speedup_vs_numpy": ("min", 3.0),
     "tick_ms_p99": ("max", 5.0),
@@ -60,7 +66,7 @@ class Sizes:
     n_reads: int  # stream length; numba runs all of it
     batch: int  # gateway batch: one 1 s tick of 40 readers at ~100 reads/s each
     large_batch: int
-    repeats: int  # numba repeats (median reported)
+    repeats: int  # rounds of numba and the bare loop (medians reported)
     numpy_reads: int  # a prefix of the stream, so the slower engines stay bounded
     numpy_repeats: int
     python_reads: int
@@ -110,9 +116,15 @@ def kernel_figures(sizes: Sizes, log: Any) -> dict[str, Any]:
     speed.warm_up(w)
     batch, large = sizes.batch, sizes.large_batch
     log(f"ingest: {w.n_tags} tags, {w.topo.n_zones} zones, {w.stream.size} reads")
-    nb = speed.ingest_rate(w, "numba", w.stream, batch, sizes.repeats)
-    nb_large = speed.ingest_rate(w, "numba", w.stream, large, sizes.repeats)
+    pair = speed.paired_rate(w, "numba", "bare", w.stream, batch, sizes.repeats)
+    pair_large = speed.paired_rate(w, "numba", "bare", w.stream, large, sizes.repeats)
+    nb, nb_large = pair.a, pair_large.a
     log(f"  numba {nb.reads_per_s / 1e6:.1f} M/s, large batch {nb_large.reads_per_s / 1e6:.1f}")
+    log(
+        f"  bare loop {pair.b.reads_per_s / 1e6:.1f} M/s, large batch "
+        f"{pair_large.b.reads_per_s / 1e6:.1f}: kernel_vs_bare {pair.ratio:.2f}, "
+        f"large batch {pair_large.ratio:.2f}"
+    )
     np_reads = w.stream.head(sizes.numpy_reads)
     npy = speed.ingest_rate(w, "numpy", np_reads, batch, sizes.numpy_repeats)
     npy_large = speed.ingest_rate(w, "numpy", np_reads, large, sizes.numpy_repeats)
@@ -126,6 +138,8 @@ def kernel_figures(sizes: Sizes, log: Any) -> dict[str, Any]:
     return {
         "ingest_reads_per_s": nb.reads_per_s,
         "ingest_reads_per_s_large_batch": nb_large.reads_per_s,
+        "kernel_vs_bare": pair.ratio,
+        "kernel_vs_bare_large_batch": pair_large.ratio,
         "speedup_vs_python": nb.reads_per_s / py.reads_per_s,
         "speedup_vs_numpy": nb.reads_per_s / npy.reads_per_s,
         "speedup_vs_numpy_large_batch": nb_large.reads_per_s / npy_large.reads_per_s,
@@ -144,6 +158,11 @@ def kernel_figures(sizes: Sizes, log: Any) -> dict[str, Any]:
             },
             "numba": nb.as_dict(),
             "numba_large_batch": nb_large.as_dict(),
+            "bare": {**pair.b.as_dict(), "kernel_vs_bare_per_round": pair.ratios},
+            "bare_large_batch": {
+                **pair_large.b.as_dict(),
+                "kernel_vs_bare_per_round": pair_large.ratios,
+            },
             "numpy": npy.as_dict(),
             "numpy_large_batch": npy_large.as_dict(),
             "python": py.as_dict(),

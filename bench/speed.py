@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from bench.bare import BareLoop
 from bench.workloads import Reads, Workload
 from kernels import ReferenceEngine, ZoneEngine
 from kernels.numpy_ingest import NumpyIngest
@@ -41,8 +42,13 @@ def numpy_engine(w: Workload) -> NumpyIngest:
     return NumpyIngest(w.topo, max_tags=MAX_TAGS)
 
 
+def bare_loop(w: Workload) -> BareLoop:
+    return BareLoop(w.topo.reader_zone, max_tags=MAX_TAGS)
+
+
 ENGINES: dict[str, Callable[[Workload], Ingester]] = {
     "numba": numba_engine,
+    "bare": bare_loop,
     "python": reference_engine,
     "numpy": numpy_engine,
 }
@@ -57,6 +63,7 @@ def warm_up(w: Workload) -> None:
     e.tick(float(b.ts[-1]))
     n = numpy_engine(w)
     n.ingest(b.ts, b.tag, b.reader)
+    bare_loop(w).ingest(b.ts, b.tag, b.reader)
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,36 @@ def ingest_rate(w: Workload, engine: str, reads: Reads, batch: int, repeats: int
             e.ingest(ts, tag, reader)
         rates.append(reads.size / (time.perf_counter() - t0))
     return Rate(statistics.median(rates), rates, reads.size, batch)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """Two engines timed in alternation on the same batches: the rate of each, and the ratio
+    ``a / b`` as the median of the per-round ratios (a round times each engine once, back to
+    back, so load that comes and goes on a shared machine hits both sides of a ratio)."""
+
+    a: Rate
+    b: Rate
+    ratio: float
+    ratios: list[float]
+
+
+def paired_rate(
+    w: Workload, a: str, b: str, reads: Reads, batch: int, repeats: int
+) -> Paired:
+    """``ingest_rate`` of engines ``a`` and ``b``, one repeat of each per round."""
+    ra: list[float] = []
+    rb: list[float] = []
+    for _ in range(repeats):
+        ra += ingest_rate(w, a, reads, batch, 1).repeats
+        rb += ingest_rate(w, b, reads, batch, 1).repeats
+    ratios = [x / y for x, y in zip(ra, rb, strict=True)]
+    return Paired(
+        Rate(statistics.median(ra), ra, reads.size, batch),
+        Rate(statistics.median(rb), rb, reads.size, batch),
+        statistics.median(ratios),
+        ratios,
+    )
 
 
 def tick_latency(w: Workload, batch: int, n_ticks: int) -> dict[str, Any]:
