@@ -119,7 +119,8 @@ def gateway_grant(cfg: Config) -> GatewayGrant:
     """What one gateway's config lets it write and read."""
     t = Topics(cfg.venue.id, cfg.gateway.id)
     zones = tuple(z.id for z in cfg.zones)
-    teams = tuple(sorted({z.team for z in cfg.zones} | {cfg.moments.reader_team}))
+    teams = tuple(sorted({z.team for z in cfg.zones} | {cfg.moments.reader_team}
+                         | {z.escalation_team for z in cfg.zones if z.escalate_after_s > 0}))
     write = [t.status, t.health, t.gateway_moment(ANY)]
     for z in zones:
         write += [t.zone_state(z), t.moment(z, ANY), t.nudge(z)]

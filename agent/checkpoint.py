@@ -23,7 +23,7 @@ import io
 import json
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class Checkpoint:
     engine: dict[str, np.ndarray]
     moments: dict[str, Any]
     fingerprint: str
+    extra: dict[str, Any] = field(default_factory=dict)  # JSON: staff acks, escalations
 
 
 def fingerprint(cfg: Config) -> str:
@@ -65,7 +66,7 @@ def fingerprint(cfg: Config) -> str:
 def save(path: Path, cp: Checkpoint) -> int:
     """Write ``cp`` to ``path`` atomically and durably; returns the bytes written."""
     meta = {"format": FORMAT, "fingerprint": cp.fingerprint, "taken_at": cp.taken_at,
-            "moments": cp.moments}
+            "moments": cp.moments, "extra": cp.extra}
     arrays = {_ENGINE + k: np.asarray(v) for k, v in cp.engine.items()}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     buf = io.BytesIO()
@@ -113,7 +114,8 @@ def load(path: Path, expected_fingerprint: str) -> tuple[Checkpoint | None, str]
     try:
         taken_at = float(meta["taken_at"])
         moments = dict(meta.get("moments") or {})
+        extra = dict(meta.get("extra") or {})
     except (KeyError, TypeError, ValueError) as e:
         return None, f"checkpoint {path} is damaged (metadata: {e})"
     engine = {k[len(_ENGINE):]: v for k, v in files.items() if k.startswith(_ENGINE)}
-    return Checkpoint(taken_at, engine, moments, expected_fingerprint), "ok"
+    return Checkpoint(taken_at, engine, moments, expected_fingerprint, extra), "ok"

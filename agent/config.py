@@ -174,6 +174,10 @@ class ZoneConfig:
     dwell_long_s: float = 3600.0  # dwell_long when the p90 dwell exceeds this (area zones)
     # A tag leaves after missing this many of its own expected reads (at most timeout_s).
     departure_missed_reads: float = _limits(4.0, lo=1.0)
+    # An alert nobody acknowledged this long after it opened is dispatched again to the
+    # escalation team (0: never).
+    escalate_after_s: float = _limits(300.0, lo=0.0)
+    escalation_team: str = "supervisors"
 
     @property
     def display_name(self) -> str:
@@ -480,6 +484,7 @@ def _load_zone(file: str, i: int, table: object) -> ZoneConfig:
     zone = sec.build(ZoneConfig)
     _check_id(file, sec.key("id"), zone.id)
     _check_id(file, sec.key("team"), zone.team)
+    _check_id(file, sec.key("escalation_team"), zone.escalation_team)
     _check_choice(file, sec.key("kind"), zone.kind, ZONE_KINDS)
     if zone.queue_long_clear_s and zone.queue_long_clear_s >= zone.queue_long_wait_s:
         raise ConfigError(file, sec.key("queue_long_clear_s"),

@@ -320,6 +320,9 @@ def _moment() -> dict[str, Any]:
                           _NUM),
         "metrics": _metrics(),
         "reader": _d("reader_down: the reader's id.", _REF_ID),
+        "taken_by": _d("Who acknowledged the moment on a staff console (venue/{venue}/ack/"
+                       "{moment_id}); present once taken.", {"type": "string"}),
+        "taken_at": _d("When it was taken.", _REF_TIME),
         "error": _d("reader_down: the reader link's last error, if any.",
                     _nullable({"type": "string"})),
         "dropped": _d("data_dropped: what went, per stream and reason, with the seq and time "
@@ -364,6 +367,9 @@ def _dispatch() -> dict[str, Any]:
         "metrics": _metrics(),
         "reader": _d("reader_down: the reader's id; null for other kinds.",
                      _nullable(_REF_ID)),
+        "escalated": _d("true: nobody acknowledged the alert within the zone's "
+                        "escalate_after_s, so it goes again to its escalation_team.",
+                        {"type": "boolean"}),
     }
     return _object(SCHEMA_DISPATCH, "Staff dispatch",
                    "A staff alert derived from a moment. Part of the guaranteed stream.",

@@ -76,6 +76,8 @@ STATE_FIELDS: tuple[tuple[str, int], ...] = (
 # The metrics a moment carries as context, and a dispatch with it.
 MOMENT_CONTEXT = ("queue_length", "occupancy", "wait_s", "wait_joining_s", "wait_forecast_s",
                   "dwell_p90_s", "throughput_per_min")
+# Alerts that are escalated when nobody takes them (the ones with a dispatch on opening).
+ESCALATED_KINDS = ("queue_long", "queue_rising", "zone_crowded", "reader_down")
 # Moments staff are told to stand down from when they resolve.
 STAND_DOWN_KINDS = ("queue_long", "queue_rising", "zone_crowded", "reader_down")
 
@@ -236,6 +238,9 @@ class GatewayCore:
         self.dropped_unknown = 0
         self.ticks = 0
         self.last_step = -math.inf  # ``now`` of the latest step
+        # moment_id -> {"by": staff name, "at": RFC 3339}: acknowledgements of open moments
+        self.acks: dict[str, dict[str, str]] = {}
+        self.escalated: set[str] = set()  # moment_ids already dispatched to escalation
 
     # -- warm-up ------------------------------------------------------------------------
     def warm_up(self, now: float) -> None:
@@ -329,9 +334,58 @@ class GatewayCore:
                     for i, z in enumerate(self.cfg.zones)]
         for ev in events:
             messages.extend(self._moment_messages(ev, values.get(ev.zone, {}), offset))
+        messages.extend(self._escalations(now, values, offset))
+        self._forget_closed()
         self.ticks += 1
         self.last_step = now
         return StepResult(now=now, messages=messages, values=values, events=events, metrics=m)
+
+    # -- staff acknowledgements -----------------------------------------------------------
+    def acknowledge(self, moment_id: str, by: str, at: str) -> bool:
+        """A staff console took the moment ``moment_id`` (``by`` whom, ``at`` RFC 3339).
+
+        Recorded only for a moment this gateway has open (consoles acknowledge every
+        gateway's moments on one topic); its next update carries ``taken_by`` and
+        ``taken_at``, and it is no longer escalated. True when recorded."""
+        if not any(r.moment_id == moment_id for r in self.moments.rules.open_moments()):
+            return False
+        if moment_id in self.acks:
+            return False  # the first taker keeps it
+        self.acks[moment_id] = {"by": by, "at": at}
+        return True
+
+    def _escalations(self, now: float, values: Mapping[str, Mapping[str, float]],
+                     offset: float) -> list[Outgoing]:
+        """Alerts nobody took within their zone's ``escalate_after_s``: dispatched again, once,
+        to the zone's ``escalation_team``."""
+        out = []
+        for rule in self.moments.rules.open_moments():
+            mid = rule.moment_id
+            if (mid is None or mid in self.acks or mid in self.escalated
+                    or rule.kind not in ESCALATED_KINDS):
+                continue
+            zone = self._zones[rule.zone]
+            if zone.escalate_after_s <= 0 or now - rule.opened_at < zone.escalate_after_s:
+                continue
+            self.escalated.add(mid)
+            v = values.get(rule.zone, {})
+            metrics = {k: clean_float(v.get(k, math.nan), 1) for k in MOMENT_CONTEXT}
+            minutes = max(1, round((now - rule.opened_at) / 60.0))
+            out.append(Outgoing(self.topics.dispatch(zone.escalation_team), self.topics.envelope(
+                SCHEMA_DISPATCH, now + offset, moment_id=mid, kind=rule.kind, zone=rule.zone,
+                zone_name=zone.display_name, team=zone.escalation_team, status="opened",
+                priority="high", escalated=True,
+                action=(f"Escalated: nobody has taken the {rule.kind.replace('_', ' ')} alert "
+                        f"at {zone.display_name} for {minutes} min. Send someone."),
+                metrics=metrics, reader=rule.reader), qos=1, seq_stream=SEQ_GUARANTEED))
+        return out
+
+    def _forget_closed(self) -> None:
+        """Acknowledgement state lives as long as its moment."""
+        open_ids = {r.moment_id for r in self.moments.rules.open_moments()}
+        for mid in [m for m in self.acks if m not in open_ids]:
+            del self.acks[mid]
+        self.escalated &= open_ids
 
     # -- checkpoints --------------------------------------------------------------------
     def checkpoint(self) -> Checkpoint:
@@ -339,7 +393,8 @@ class GatewayCore:
         return Checkpoint(taken_at=self.last_step,
                           engine=self.engine.snapshot(),
                           moments=self.moments.rules.snapshot(),
-                          fingerprint=config_fingerprint(self.cfg))
+                          fingerprint=config_fingerprint(self.cfg),
+                          extra={"acks": self.acks, "escalated": sorted(self.escalated)})
 
     def restore(self, cp: Checkpoint, now: float) -> int:
         """Resume from ``cp`` at ``now``: the engine accounts for the time it was down (tags
@@ -352,7 +407,13 @@ class GatewayCore:
             self.engine.restore(cp.engine, now)
         except (SnapshotMismatch, KeyError, ValueError, TypeError) as e:
             raise CheckpointError(f"the engine state does not fit: {e}") from None
-        return self.moments.rules.restore(cp.moments)
+        resumed = self.moments.rules.restore(cp.moments)
+        acks = cp.extra.get("acks")
+        if isinstance(acks, dict):
+            self.acks = {str(k): dict(v) for k, v in acks.items() if isinstance(v, dict)}
+        self.escalated = {str(m) for m in cp.extra.get("escalated") or []}
+        self._forget_closed()
+        return resumed
 
     # -- payloads -----------------------------------------------------------------------
     def _state_message(self, at: float, z: ZoneConfig, v: Mapping[str, float],
@@ -387,6 +448,9 @@ class GatewayCore:
         if ev.reader:
             body["reader"] = ev.reader
             body["error"] = self.readers[ev.reader].last_error
+        taken = self.acks.get(ev.moment_id)
+        if taken is not None:
+            body["taken_by"], body["taken_at"] = taken["by"], taken["at"]
         out = [Outgoing(self.topics.moment(ev.zone, ev.kind),
                         self.topics.envelope(SCHEMA_MOMENT, at, **body), qos=1,
                         seq_stream=SEQ_GUARANTEED)]

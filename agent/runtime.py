@@ -28,7 +28,7 @@ from agent.config import Config
 from agent.outbox import Outbox
 from agent.privacy import load_or_create_key
 from agent.sdnotify import Notifier
-from agent.topics import SCHEMA_HEALTH, Topics
+from agent.topics import SCHEMA_ACK, SCHEMA_HEALTH, Topics
 from firmware_bridge.records import RawRead
 
 log = logging.getLogger("venue_agent.runtime")
@@ -186,7 +186,25 @@ class Agent:
         return Publisher(settings, self.outbox,
                          will=lambda reason: (self.topics.status, self._status(False, reason)),
                          birth=lambda: (self.topics.status, self._status(True, "started")),
-                         replay_per_s=b.replay_per_s)
+                         replay_per_s=b.replay_per_s,
+                         # Staff consoles acknowledge moments here (retained: a restarted
+                         # gateway hears them again).
+                         subscriptions=[(self.topics.ack_filter, 1)], on_message=self._on_ack)
+
+    def _on_ack(self, topic: str, payload: bytes) -> None:
+        """On the loop: a staff console took a moment (``venue/{venue}/ack/{moment_id}``)."""
+        try:
+            msg = json.loads(payload)
+            moment_id, by, at = topic.rsplit("/", 1)[1], str(msg["by"]), str(msg["at"])
+        except (ValueError, KeyError, TypeError, IndexError):
+            log.warning("ignoring a malformed acknowledgement on %s", topic)
+            return
+        if msg.get("schema") != SCHEMA_ACK:
+            log.warning("ignoring an acknowledgement of schema %r on %s", msg.get("schema"),
+                        topic)
+            return
+        if self.core.acknowledge(moment_id, by, at):
+            log.info("moment %s taken by %s", moment_id, by)
 
     async def _start_sources(self) -> None:
         from agent.sources import open_source

@@ -56,7 +56,8 @@ def test_each_gateway_writes_only_its_own_topics() -> None:
         f"write {t.nudge('zone-a1')}",
         f"write {t.zone_state('zone-a2')}", f"write {t.moment('zone-a2', ANY)}",
         f"write {t.nudge('zone-a2')}",
-        f"write {t.dispatch('operations')}", f"write {t.dispatch('team-a')}",
+        f"write {t.dispatch('operations')}", f"write {t.dispatch('supervisors')}",
+        f"write {t.dispatch('team-a')}",
         f"write {t.dispatch('technical')}",
         f"read {t.ack_filter}"]
     assert acl["venue-agent-park-east-gw-b"] == [
@@ -64,7 +65,8 @@ def test_each_gateway_writes_only_its_own_topics() -> None:
         "write venue/park-east/gateway/gw-b/moment/+",
         "write venue/park-east/zone/zone-b/state", "write venue/park-east/moment/zone-b/+",
         "write venue/park-east/nudge/zone-b",
-        "write venue/park-east/dispatch/operations", "write venue/park-east/dispatch/tech-b",
+        "write venue/park-east/dispatch/operations", "write venue/park-east/dispatch/supervisors",
+        "write venue/park-east/dispatch/tech-b",
         "read venue/park-east/ack/#"]
     assert acl["staff"] == ["read venue/park-east/#", "write venue/park-east/ack/#"]
     assert acl["board"] == ["read venue/park-east/zone/+/state", "read venue/park-east/nudge/+"]
@@ -90,10 +92,12 @@ def test_shared_team_topics_are_named_as_a_residual_risk() -> None:
                      parsed("gw-c", {"zone-c": "own-team"},
                             extra='[moments]\nreader_team = "tech-c"')])
     warnings = plan.warnings()
-    assert len(warnings) == 2  # operations (a, b) and technical (a, b); c shares nothing
+    # operations (a, b), supervisors (escalations: a, b, c) and technical (a, b)
+    assert len(warnings) == 3
     assert "venue/park-east/dispatch/operations" in warnings[0]
     assert "venue-agent-park-east-gw-a, venue-agent-park-east-gw-b" in warnings[0]
-    assert "venue/park-east/dispatch/technical" in warnings[1]
+    assert "venue/park-east/dispatch/supervisors" in warnings[1]
+    assert "venue/park-east/dispatch/technical" in warnings[2]
     acl = render_acl(plan)
     for w in warnings:
         assert f"#   {w}" in acl

@@ -6,6 +6,7 @@ import ast
 import json
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 from agent.config import EstimationConfig, parse_config
 from agent.gateway import GatewayCore, engine_params, rule_values
@@ -156,3 +157,59 @@ def test_what_the_store_dropped_becomes_one_valid_data_dropped_moment(tmp_path: 
     assert body["value"] == report.total and body["status"] == "resolved"
     first = body["dropped"][0]
     assert first["stream"] == SEQ_GUARANTEED and first["first_seq"] == 1
+
+
+def _crowd(c: GatewayCore, n: int, until: int, start: int = 1) -> list[Any]:
+    """Keep ``n`` bands in the plaza from ``start`` to ``until`` (s); all step results."""
+    out = []
+    for t in range(start, until):
+        c.accept_reads("plaza-ble", float(t), [RawRead("ble", tag(i), -60.0) for i in range(n)])
+        out.append(c.step(float(t)))
+    return out
+
+
+def test_an_alert_nobody_takes_is_escalated_once_to_the_escalation_team() -> None:
+    c = core()
+    results = _crowd(c, 5, 400)
+    esc = [m for r in results for m in r.messages
+           if m.topic == "venue/park/dispatch/supervisors"]
+    assert len(esc) == 1
+    p = esc[0].payload
+    from tests.contract_check import assert_valid
+
+    assert_valid(esc[0].topic, dict(p, seq=1))
+    assert p["escalated"] is True and p["kind"] == "zone_crowded" and p["priority"] == "high"
+    opened = [e for r in results for e in r.events if e.status == "opened"][0]
+    assert p["moment_id"] == opened.moment_id
+    escalated_at = next(r.now for r in results if esc[0] in r.messages)
+    assert escalated_at - opened.at == 300.0  # zones.escalate_after_s, default 5 min
+
+
+def test_a_taken_alert_is_not_escalated_and_its_next_update_says_who_took_it() -> None:
+    c = core()
+    results = _crowd(c, 5, 10)
+    mid = [e for r in results for e in r.events if e.status == "opened"][0].moment_id
+    assert not c.acknowledge("someone-elses-moment", "ana", "2026-01-01T00:00:00.000Z")
+    assert c.acknowledge(mid, "ana", "2026-01-01T00:00:00.000Z")
+    assert not c.acknowledge(mid, "bo", "2026-01-01T00:00:01.000Z")  # the first taker keeps it
+    results = _crowd(c, 5, 400, start=10)
+    assert not [m for r in results for m in r.messages if "supervisors" in m.topic]
+    # the crowd leaves: the resolve carries who took it
+    results = _crowd(c, 0, 700, start=400)
+    resolved = [m.payload for r in results for m in r.messages
+                if m.payload.get("status") == "resolved" and m.payload["schema"] == SCHEMA_MOMENT]
+    assert resolved and resolved[0]["taken_by"] == "ana"
+    from tests.contract_check import assert_valid
+
+    assert_valid("venue/park/moment/plaza/zone_crowded", dict(resolved[0], seq=1))
+    assert c.acks == {}  # forgotten with its moment
+
+
+def test_acks_and_escalations_survive_a_checkpoint() -> None:
+    c = core()
+    results = _crowd(c, 5, 10)
+    mid = [e for r in results for e in r.events if e.status == "opened"][0].moment_id
+    c.acknowledge(mid, "ana", "2026-01-01T00:00:00.000Z")
+    fresh = core()
+    fresh.restore(c.checkpoint(), 10.0)
+    assert fresh.acks == {mid: {"by": "ana", "at": "2026-01-01T00:00:00.000Z"}}
