@@ -96,11 +96,15 @@ class AclPlan:
         return rules
 
     def board_rules(self) -> list[tuple[str, str]]:
-        """(access, topic) lines of the board: zone state and nudges, read only."""
+        """(access, topic) lines of the board, read only: what `venue-agent board` shows
+        (zone state, nudges, open moments and who took them, gateways' status); never
+        dispatches (staff instructions) or health."""
         rules: list[tuple[str, str]] = []
         for v in self.venues:
             t = Topics(v)
-            rules += [("read", t.zone_state(ANY)), ("read", t.nudge(ANY))]
+            rules += [("read", t.zone_state(ANY)), ("read", t.nudge(ANY)),
+                      ("read", t.moment(ANY, ANY)), ("read", t.ack_filter),
+                      ("read", f"{t.prefix}/gateway/{ANY}/status")]
         return rules
 
     def warnings(self) -> list[str]:

@@ -69,7 +69,9 @@ def test_each_gateway_writes_only_its_own_topics() -> None:
         "write venue/park-east/dispatch/tech-b",
         "read venue/park-east/ack/#"]
     assert acl["staff"] == ["read venue/park-east/#", "write venue/park-east/ack/#"]
-    assert acl["board"] == ["read venue/park-east/zone/+/state", "read venue/park-east/nudge/+"]
+    assert acl["board"] == ["read venue/park-east/zone/+/state", "read venue/park-east/nudge/+",
+                            "read venue/park-east/moment/+/+", "read venue/park-east/ack/#",
+                            "read venue/park-east/gateway/+/status"]
     # no wildcard in any gateway's write rule except a moment's kind
     for user, lines in acl.items():
         if user.startswith("venue-agent-"):
@@ -148,7 +150,11 @@ def test_staff_and_board_users_and_several_venues() -> None:
         "read venue/park-west/#", "write venue/park-west/ack/#"]
     assert acl["board-1"] == [
         "read venue/park-east/zone/+/state", "read venue/park-east/nudge/+",
-        "read venue/park-west/zone/+/state", "read venue/park-west/nudge/+"]
+        "read venue/park-east/moment/+/+", "read venue/park-east/ack/#",
+        "read venue/park-east/gateway/+/status",
+        "read venue/park-west/zone/+/state", "read venue/park-west/nudge/+",
+        "read venue/park-west/moment/+/+", "read venue/park-west/ack/#",
+        "read venue/park-west/gateway/+/status"]
     with pytest.raises(AclError, match="both a staff and a board user"):
         plan_acl([parsed("gw-a", {"zone-a": "operations"})], staff_users=["x"],
                  board_users=["x"])

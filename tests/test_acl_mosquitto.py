@@ -276,14 +276,16 @@ def test_generated_acl_on_mqtt5(venue: dict[str, Any]) -> None:
         assert staff.publish(T.zone_state("zone-a"), b"forged by staff") == NOT_AUTHORIZED
         assert staff.publish(T.dispatch("team-a"), b"forged by staff") == NOT_AUTHORIZED
 
-        # The board reads zone state and nudges, nothing else, and writes nothing.
+        # The board reads zone state, nudges, moments, acks and status; never dispatches or
+        # health; and writes nothing.
         wait(lambda: board.got(T.nudge("zone-a")) == [b"from A"], "board reads the nudge")
         assert board.got(T.zone_state("zone-a")) == [b"from A"]
         assert board.publish(T.zone_state("zone-a"), b"forged by board") == NOT_AUTHORIZED
         assert board.publish(f"{T.prefix}/ack/moment-1", b"board ack") == NOT_AUTHORIZED
         quiet()
         assert board.topics() == {T.zone_state("zone-a"), TB.zone_state("zone-b"),
-                                  T.nudge("zone-a")}
+                                  T.nudge("zone-a"), T.moment("zone-a", "queue_long"),
+                                  T.status, ack}
         forged = [t for c in clients for t, p, _r in c.messages if p.startswith(b"forged")]
         assert forged == []
         assert a.got(T.zone_state("zone-a")) == []  # gateways read only acknowledgements
