@@ -27,6 +27,7 @@ from agent.config import ID_RE, BrokerConfig
 from agent.gateway import MOMENT_CONTEXT, STATE_FIELDS
 from agent.ids import CROCKFORD32
 from agent.topics import (
+    SCHEMA_ACK,
     SCHEMA_DISPATCH,
     SCHEMA_HEALTH,
     SCHEMA_MOMENT,
@@ -85,6 +86,7 @@ class Channel:
     title: str
     summary: str
     expiry: bool = False  # sent with MQTT 5 message expiry (broker.nudge_expiry_s)
+    action: str = "send"  # what a gateway does on it: send, or receive (acknowledgements)
 
     @property
     def parameters(self) -> tuple[str, ...]:
@@ -123,6 +125,10 @@ CHANNELS: tuple[Channel, ...] = (
             "A staff alert derived from a moment, with a recommended action."),
     Channel("nudge", _T.nudge("{zone}"), SCHEMA_NUDGE, 1, False, "Guest nudge",
             "A guest-facing offer while a wait_short moment is open; expires.", expiry=True),
+    Channel("ack", _T.ack("{moment_id}"), SCHEMA_ACK, 1, True, "Staff acknowledgement",
+            "A staff console took a moment (venue-agent watch writes it, retained); the "
+            "gateway that owns the moment records who took it and stops escalating it.",
+            action="receive"),
 )
 
 
@@ -489,8 +495,27 @@ def _health() -> dict[str, Any]:
                            "rss_mb", "tick_ms", "tick_ms_max", "live_tags"])
 
 
+def _ack() -> dict[str, Any]:
+    props: dict[str, Any] = {
+        "moment_id": _d("The moment taken (also the topic's last level).", _REF_ULID),
+        "by": _d("Who took it: the staff member's name on the console.",
+                 {"type": "string", "minLength": 1}),
+        "gateway": _d("The gateway that owns the moment, when the console knows it.", _REF_ID),
+        "zone": _d("The moment's zone, when the console knows it.", _REF_ID),
+        "kind": _d("The moment's kind, when the console knows it.",
+                   {"type": "string", "pattern": "^[a-z][a-z0-9_]*$"}),
+    }
+    out = _object(SCHEMA_ACK, "Staff acknowledgement",
+                  "Written by a staff console (not a gateway), retained, so a console or "
+                  "gateway that starts later still sees who took what.", props,
+                  ["moment_id", "by"])
+    out["required"] = [r for r in out["required"] if r != "gateway"]  # a console's message
+    return out
+
+
 _BUILDERS = {SCHEMA_STATUS: _status, SCHEMA_HEALTH: _health, SCHEMA_ZONE_STATE: _zone_state,
-             SCHEMA_MOMENT: _moment, SCHEMA_DISPATCH: _dispatch, SCHEMA_NUDGE: _nudge}
+             SCHEMA_MOMENT: _moment, SCHEMA_DISPATCH: _dispatch, SCHEMA_NUDGE: _nudge,
+             SCHEMA_ACK: _ack}
 
 
 def schemas() -> dict[str, dict[str, Any]]:
@@ -555,6 +580,9 @@ def examples() -> dict[str, dict[str, Any]]:
             zone_name="Jungle Cruise", wait_s=540.0,
             message="Jungle Cruise is a 9-minute wait for anyone joining now",
             valid_for_s=300),
+        SCHEMA_ACK: {"schema": SCHEMA_ACK, "id": "01JWJ3Q8ZQ0000000000000007",
+                     "venue": _EX["venue"], "at": _AT, "moment_id": _MOMENT_ID, "by": "ana",
+                     "gateway": _EX["gateway"], "zone": "dino-queue", "kind": "queue_long"},
     }
 
 
@@ -566,9 +594,11 @@ _PARAMETERS = {
     "kind": "The moment's kind: " + ", ".join(RULE_KINDS) + ".",
     "team": "The staff team's id: a zone's team, or moments.reader_team (default technical) "
             "for reader_down.",
+    "moment_id": "The moment's moment_id (a ULID: 26 characters of Crockford base 32).",
 }
 _PARAMETER_EXAMPLES = {"venue": ["park-east"], "gateway": ["gw-01"], "zone": ["dino-queue"],
-                       "kind": list(RULE_KINDS), "team": ["dino-ops", "technical"]}
+                       "kind": list(RULE_KINDS), "team": ["dino-ops", "technical"],
+                       "moment_id": ["01JWJ3Q8ZQ4T5V6W7X8Y9Z0ABC"]}
 
 
 def _message_name(schema: str) -> str:
@@ -610,9 +640,9 @@ def asyncapi() -> dict[str, Any]:
                 "type": "integer", "minimum": 1, "default": broker.nudge_expiry_s,
                 "description": "Seconds, from broker.nudge_expiry_s (MQTT 5 only)."}
         binding["bindingVersion"] = "0.2.0"
-        operations[f"send{ch.key[0].upper()}{ch.key[1:]}"] = {
-            "action": "send",
-            "title": f"Publish {ch.title.lower()}",
+        operations[f"{ch.action}{ch.key[0].upper()}{ch.key[1:]}"] = {
+            "action": ch.action,
+            "title": f"{'Publish' if ch.action == 'send' else 'Receive'} {ch.title.lower()}",
             "channel": {"$ref": f"#/channels/{ch.key}"},
             "messages": [{"$ref": f"#/channels/{ch.key}/messages/{name}"}],
             "bindings": {"mqtt": binding},
@@ -666,7 +696,8 @@ def asyncapi() -> dict[str, Any]:
         "operations": operations,
         "components": {
             "messages": messages,
-            "parameters": {p: {"description": d + " 1..64 of [a-z0-9-].",
+            "parameters": {p: {"description": d + ("" if p == "moment_id" else
+                                                   " 1..64 of [a-z0-9-]."),
                                "examples": _PARAMETER_EXAMPLES[p],
                                "location": f"$message.payload#/{p}"}
                            for p, d in _PARAMETERS.items()},

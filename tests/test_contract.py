@@ -27,6 +27,7 @@ from agent.cli import main as cli_main
 from agent.config import parse_config
 from agent.gateway import MOMENT_CONTEXT, STATE_FIELDS, GatewayCore, Outgoing
 from agent.topics import (
+    SCHEMA_ACK,
     SCHEMA_DISPATCH,
     SCHEMA_HEALTH,
     SCHEMA_MOMENT,
@@ -42,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 VENDOR = DOCS / "vendor" / "asyncapi"
 ALL_SCHEMAS = (SCHEMA_STATUS, SCHEMA_HEALTH, SCHEMA_ZONE_STATE, SCHEMA_MOMENT, SCHEMA_DISPATCH,
-               SCHEMA_NUDGE)
+               SCHEMA_NUDGE, SCHEMA_ACK)
 
 
 # ----------------------------------------------------------------------------- documents
@@ -116,7 +117,7 @@ def test_the_channels_are_the_topics_of_agent_topics() -> None:
     concrete = {"status": t.status, "health": t.health, "zoneState": t.zone_state("dino-q"),
                 "moment": t.moment("dino-q", "queue_long"),
                 "gatewayMoment": t.gateway_moment("data_dropped"), "dispatch": t.dispatch("ops"),
-                "nudge": t.nudge("dino-q")}
+                "nudge": t.nudge("dino-q"), "ack": t.ack("01JWJ3Q8ZQ4T5V6W7X8Y9Z0ABC")}
     assert [c.key for c in contract.CHANNELS] == list(concrete)
     for key, topic in concrete.items():
         channel, params = contract.channel_for_topic(topic)
