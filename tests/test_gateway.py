@@ -213,3 +213,16 @@ def test_acks_and_escalations_survive_a_checkpoint() -> None:
     fresh = core()
     fresh.restore(c.checkpoint(), 10.0)
     assert fresh.acks == {mid: {"by": "ana", "at": "2026-01-01T00:00:00.000Z"}}
+
+
+def test_per_reader_filters_and_departure_reach_the_kernels() -> None:
+    from agent.gateway import topology_for
+
+    cfg = parse_config(CONFIG.replace('protocol = "ble"', 'protocol = "ble"\n'
+                                      'rssi_floor_dbm = -80\nmin_reads = 2').replace(
+        'id = "plaza"\nkind = "area"', 'id = "plaza"\nkind = "area"\n'
+        'departure_missed_reads = 6'))
+    topo = topology_for(cfg)
+    assert list(topo.reader_rssi_floor) == [-127.0, -127.0, -80.0]
+    assert list(topo.reader_min_reads) == [1, 1, 2]
+    assert list(topo.zone_missed_reads) == [4.0, 6.0]
