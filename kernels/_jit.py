@@ -19,9 +19,14 @@ of them:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import numba
+import numpy as np
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 JIT_OPTIONS: dict[str, Any] = {
     "cache": True,
@@ -33,3 +38,33 @@ JIT_OPTIONS: dict[str, Any] = {
 
 jit = numba.njit(**JIT_OPTIONS)
 """Decorator for every compiled kernel: ``@jit`` on a function compiles it with JIT_OPTIONS."""
+
+
+@intrinsic
+def _prefetch(typingctx: Any, arr: Any, idx: Any) -> Any:
+    """``prefetch(arr, i)``: ask the CPU to start loading the cache line of ``arr[i]`` (1-d
+    array, for writing, kept in every cache level); no effect on results, never faults.
+
+    The per-read kernels walk a batch whose keys they already hold, so they prefetch the
+    hash slot and the tag row of reads a few ahead: the loads of one read then overlap the
+    work of the ones before it instead of stalling on memory one after another."""
+    sig = types.void(arr, idx)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        aryty, idxty = signature.args
+        ary = context.make_array(aryty)(context, builder, args[0])
+        i = context.cast(builder, args[1], idxty, types.intp)
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [i], wraparound=False)
+        i32 = ir.IntType(32)
+        byte_ptr = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        # (address, 1 = for a write, 3 = keep in all cache levels, 1 = data cache)
+        builder.call(fn, [builder.bitcast(ptr, byte_ptr), i32(1), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+prefetch = cast(Callable[[np.ndarray, Any], None], _prefetch)
+"""``prefetch(arr, i)`` inside a kernel (see _prefetch)."""

@@ -251,17 +251,29 @@ def rate_span_s(
     return float(max(span, 0.1 * rate_window_s))
 
 
+_NO_RSSI = np.empty(0, dtype=np.float32)
+
+
 def as_read_columns(
-    ts: np.ndarray, tag: np.ndarray, reader: np.ndarray, rssi: np.ndarray | None
+    ts: np.ndarray,
+    tag: np.ndarray,
+    reader: np.ndarray,
+    rssi: np.ndarray | None,
+    empty_rssi: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Read columns as contiguous float64 / uint64 / int32 / float32 arrays of equal length.
 
-    A missing ``rssi`` becomes all NaN (no RSSI: RFID reads)."""
+    A missing ``rssi`` becomes all NaN (no RSSI: RFID reads), or with ``empty_rssi`` an empty
+    array (ingest.ingest_reads: no read of the batch has an RSSI)."""
     ts = np.ascontiguousarray(ts, dtype=np.float64).reshape(-1)
     tag = np.ascontiguousarray(tag, dtype=np.uint64).reshape(-1)
     reader = np.ascontiguousarray(reader, dtype=np.int32).reshape(-1)
     n = ts.size
     if rssi is None:
+        if empty_rssi:
+            if tag.size != n or reader.size != n:
+                raise ValueError("ts, tag, reader (and rssi) must have the same length")
+            return ts, tag, reader, _NO_RSSI
         rssi = np.full(n, np.nan, dtype=np.float32)
     rssi = np.ascontiguousarray(rssi, dtype=np.float32).reshape(-1)
     if tag.size != n or reader.size != n or rssi.size != n:
@@ -371,18 +383,15 @@ class ZoneEngine:
         """Apply a batch of reads: ts float64[N] s, tag uint64[N] (0 = invalid), reader int32[N]
         (index into the topology), rssi float32[N] dBm or None (NaN = none). A finite RSSI at a
         PRESENCE reader makes the read a BLE advert (smoothed, zone by hysteresis)."""
-        ts, tag, reader, rssi = as_read_columns(ts, tag, reader, rssi)
+        ts, tag, reader, rssi = as_read_columns(ts, tag, reader, rssi, empty_rssi=True)
         if ts.size == 0 and self._ingest_compiled:
             return
         # The first call goes through the kernel even when empty: the agent warms up with an
         # empty batch so the kernel is compiled (or loaded from the cache) at start-up, not
         # on the first tick with reads.
         self._ingest_compiled = True
-        if not np.all(np.isnan(ts)):
-            self._t_start = min(self._t_start, float(np.nanmin(ts)))
-            self._t_seen = max(self._t_seen, float(np.nanmax(ts)))
         t, p = self.topo, self.params
-        ingest_reads(
+        t_lo, t_hi = ingest_reads(
             ts,
             tag,
             reader,
@@ -440,6 +449,8 @@ class ZoneEngine:
             self._arr_t,
             self._arr_n,
         )
+        self._t_start = min(self._t_start, t_lo)
+        self._t_seen = max(self._t_seen, t_hi)
 
     def tick(self, now: float) -> ZoneMetrics:
         """Decide departures due at ``now`` (float64 s), then return the metrics at ``now``."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._jit import jit
+from ._jit import jit, prefetch
 from .ble_presence import ble_observe, ble_zone
 from .codes import (
     C_BAD_READS,
@@ -45,10 +45,18 @@ from .codes import (
     TAG_IN,
     TAG_PENDING,
 )
-from .hashtable import table_find
+from .hashtable import home_slot, table_find
 from .history import push_arrival, push_departure, push_fifo_witness
 from .tag_rows import evict_stalest
 from .topology import KIND_AREA, ROLE_ENTRY, ROLE_EXIT, ROLE_PRESENCE
+
+# How many reads ahead ingest_reads prefetches a hash slot, and a tag row.
+PF_SLOT = 16
+PF_ROW = 8
+
+# What a read does to a tag already in its reader's zone (ingest_reads' fast path).
+FAST_INTERVAL = 1
+FAST_COUNT = 2
 
 
 @jit
@@ -135,10 +143,12 @@ def ingest_reads(
     dep_n: np.ndarray,
     arr_t: np.ndarray,
     arr_n: np.ndarray,
-) -> None:
-    """Apply one batch of reads to the state.
+) -> tuple[float, float]:
+    """Apply one batch of reads to the state; return the earliest and latest finite timestamp
+    in it ((inf, -inf) if none).
 
-    ts float64[N] s, tag uint64[N], reader int32[N], rssi float64[N] dBm (NaN = none).
+    ts float64[N] s, tag uint64[N], reader int32[N], rssi float32[N] dBm (NaN = none) or
+    float32[0]: no read of the batch has an RSSI.
     ``ble`` float64[6] = (tau_s, alpha_min, stale_s, decay_db_per_s, holdoff_s, margin_db).
     ``obs_start``: when the engine last began observing (-inf, or the time it was restored):
     a departure counts as read at the entry for the read-rate estimates only if its visit
@@ -148,19 +158,61 @@ def ingest_reads(
     decay, holdoff, margin = ble[3], ble[4], ble[5]
     n_readers = reader_zone.size
     witnesses = fifo_entry.shape[1]
-    counters[C_BAD_READS] += ts.size
+    # Settings constant over the batch, decided once rather than per read: reads without
+    # RSSI (an empty ``rssi``) need no floor and are never BLE adverts; with no reader asking
+    # for min_reads > 1 no streak is ever pending, so a refresh has none to end.
+    rssi_on = rssi.size > 0
+    pend_on = False
+    for r in range(n_readers):
+        if reader_min_reads[r] > 1:
+            pend_on = True
+    # What a reader's read does to a tag already in the reader's zone (not a BLE advert):
+    # FAST_INTERVAL refreshes it and updates its read interval (areas, queue presence
+    # readers), FAST_COUNT refreshes it and counts the read (queue entry readers), 0 is
+    # a queue exit: the general path.
+    fast = np.empty(n_readers, dtype=np.int8)
+    for r in range(n_readers):
+        if zone_kind[reader_zone[r]] == KIND_AREA or reader_role[r] == ROLE_PRESENCE:
+            fast[r] = FAST_INTERVAL
+        elif reader_role[r] == ROLE_ENTRY:
+            fast[r] = FAST_COUNT
+        else:
+            fast[r] = 0
     order = read_order(ts)
-    counters[C_BAD_READS] -= order.size
-    for i in order:
+    bad = ts.size - order.size
+    filtered = 0
+    reads = 0
+    n_order = order.size
+    for j in range(n_order):
+        # Prefetch the home slot of the read PF_SLOT ahead and, its slot loaded by now, the
+        # row of the read PF_ROW ahead (a hint: a wrong guess costs a wasted load, no more).
+        if j + PF_SLOT < n_order:
+            h = home_slot(tag[order[j + PF_SLOT]], shift)
+            prefetch(slot_keys, h)
+            prefetch(slot_rows, h)
+        if j + PF_ROW < n_order:
+            k_ahead = tag[order[j + PF_ROW]]
+            h = home_slot(k_ahead, shift)
+            if slot_keys[h] == k_ahead:
+                row_ahead = slot_rows[h]
+                prefetch(row_last, row_ahead)
+                prefetch(row_state, row_ahead)
+                prefetch(row_zone, row_ahead)
+                prefetch(row_ivl, row_ahead)
+                prefetch(row_ivl_dev, row_ahead)
+                prefetch(row_nreads, row_ahead)
+        i = order[j]
         key = tag[i]
         r = reader[i]
         if key == 0 or r < 0 or r >= n_readers:
-            counters[C_BAD_READS] += 1
+            bad += 1
             continue
-        x = rssi[i]
-        if x < reader_rssi_floor[r]:  # False for NaN: reads without RSSI always count
-            counters[C_FILTERED] += 1
-            continue
+        x = np.nan
+        if rssi_on:
+            x = rssi[i]
+            if x < reader_rssi_floor[r]:  # False for NaN: reads without RSSI always count
+                filtered += 1
+                continue
         t = ts[i]
         z = np.int64(reader_zone[r])
         role = reader_role[r]
@@ -168,8 +220,9 @@ def ingest_reads(
         slot = table_find(slot_keys, key, shift)
         if slot >= 0:
             row = np.int64(slot_rows[slot])
-            if t < row_last[row]:
-                t = row_last[row]
+            last = row_last[row]
+            if t < last:
+                t = last
             state = row_state[row]
         else:
             if counters[C_FREE_TOP] == 0:
@@ -196,12 +249,27 @@ def ingest_reads(
             row_pend_key[row] = -1
             cand_reader[row, :] = -1
             state = TAG_FREE
-        counters[C_READS] += 1
+        reads += 1
+        ble_read = rssi_on and not np.isnan(x) and role == ROLE_PRESENCE  # (NaN first: RFID)
+
+        # The common case first: a tag read again in its own zone, by a reader that does not
+        # move it (not a BLE advert, not a queue exit). One predictable branch; what differs
+        # by the reader's kind is done by selects, not branches.
+        f = fast[r]
+        if state == TAG_IN and f != 0 and not ble_read and row_zone[row] == z:
+            last = row_last[row]
+            interval(row, t, last, f == FAST_INTERVAL, z, zone_timeout_s, zone_missed_reads,
+                     interval_alpha, row_ivl, row_ivl_dev)
+            row_nreads[row] += np.int32(f == FAST_COUNT)
+            row_last[row] = t
+            if pend_on:
+                row_pend_key[row] = -1
+            continue
+
         pending_row = state == TAG_PENDING
         if pending_row:
             state = TAG_FREE  # in no zone yet
 
-        ble_read = role == ROLE_PRESENCE and not np.isnan(x)
         if ble_read:
             here = np.int64(row_zone[row]) if state == TAG_IN else np.int64(-1)
             ble_observe(
@@ -238,40 +306,31 @@ def ingest_reads(
                 )
             )
 
-        queue_exit = zone_kind[z] != KIND_AREA and role == ROLE_EXIT
-        same = state != TAG_FREE and row_zone[row] == z
-        if queue_exit:
-            refresh = same and state == TAG_EXITED
-        else:
-            refresh = same and (
-                state == TAG_IN or (state == TAG_EXITED and role == ROLE_PRESENCE)
-            )
+        # The common case, a tag read again in its own zone, decided with bitwise ``&`` / ``|``
+        # and selects rather than branches on the reader's role and the zone's kind (which
+        # change from read to read and would be mispredicted).
+        area = zone_kind[z] == KIND_AREA
+        presence = role == ROLE_PRESENCE
+        queue_exit = (not area) & (role == ROLE_EXIT)
+        in_zone = state == TAG_IN
+        held = state == TAG_EXITED
+        same = (state != TAG_FREE) & (row_zone[row] == z)
+        refresh = same & ((in_zone & (not queue_exit)) | (held & (queue_exit | presence)))
         if refresh:
-            if (
-                state == TAG_IN
-                and (zone_kind[z] == KIND_AREA or role == ROLE_PRESENCE)
-                and t > row_last[row]
-            ):
-                # the tag's own read interval (see sweep.py): EWMAs of the interval and its
-                # absolute deviation, starting from the interval of the zone's timeout
-                err = t - row_last[row] - row_ivl[row]
-                if np.isnan(row_ivl[row]):
-                    row_ivl[row] = zone_timeout_s[z] / zone_missed_reads[z]
-                    row_ivl_dev[row] = 0.0
-                    err = t - row_last[row] - row_ivl[row]
-                row_ivl[row] += interval_alpha * err
-                row_ivl_dev[row] += interval_alpha * (abs(err) - row_ivl_dev[row])
-            if zone_kind[z] != KIND_AREA:
-                # reads of the band at the reader that made the state (strays are read once)
-                if state == TAG_IN and role == ROLE_ENTRY:
-                    row_nreads[row] += 1
-                elif queue_exit:
-                    row_nreads[row] += 1
-                    seq = row_dep[row]
-                    if row_nreads[row] == 2 and dep_n[z] - seq <= dep_t.shape[1] and seq >= 0:
-                        dep_entry[z, seq % dep_t.shape[1]] &= ~DEP_ONE_OUT
+            # the tag's own read interval (see sweep.py): EWMAs of the interval and its
+            # absolute deviation, starting from the interval of the zone's timeout; from
+            # presence reads (and any read in an area) of a tag in the zone, time moving on
+            interval(row, t, row_last[row], in_zone & (area | presence), z, zone_timeout_s,
+                     zone_missed_reads, interval_alpha, row_ivl, row_ivl_dev)
+            # reads of the band at the reader that made the state (strays are read once)
+            row_nreads[row] += np.int32((not area) & ((in_zone & (role == ROLE_ENTRY)) | queue_exit))
+            if queue_exit:
+                seq = row_dep[row]
+                if row_nreads[row] == 2 and dep_n[z] - seq <= dep_t.shape[1] and seq >= 0:
+                    dep_entry[z, seq % dep_t.shape[1]] &= ~DEP_ONE_OUT
             row_last[row] = t
-            row_pend_key[row] = -1
+            if pend_on:
+                row_pend_key[row] = -1
             continue
 
         # A transition (join, move, exit): with min_reads > 1 it waits for that many reads in
@@ -377,6 +436,40 @@ def ingest_reads(
             row_first[row] = t0
             row_last[row] = t
             row_entry[row] = 0
+    counters[C_READS] += reads
+    counters[C_BAD_READS] += bad
+    counters[C_FILTERED] += filtered
+    if order.size == 0:
+        return np.inf, -np.inf
+    return ts[order[0]], ts[order[-1]]  # in time order
+
+
+@jit
+def interval(
+    row: int,
+    t: float,
+    last: float,
+    use: bool,
+    z: int,
+    zone_timeout_s: np.ndarray,
+    zone_missed_reads: np.ndarray,
+    alpha: float,
+    row_ivl: np.ndarray,
+    row_ivl_dev: np.ndarray,
+) -> None:
+    """If ``use`` and time moved on since the tag's ``last`` read, fold the interval into
+    the EWMAs of its read interval and of the interval's absolute deviation (sweep.py);
+    they start from the interval of the zone's timeout. Written with selects, not branches:
+    ``use`` changes from read to read with the reader's role."""
+    ivl = row_ivl[row]
+    dev = row_ivl_dev[row]
+    fresh = np.isnan(ivl)
+    base = zone_timeout_s[z] / zone_missed_reads[z] if fresh else ivl
+    dev0 = 0.0 if fresh else dev
+    err = t - last - base
+    ewma = use & (t > last)
+    row_ivl[row] = base + alpha * err if ewma else ivl
+    row_ivl_dev[row] = dev0 + alpha * (abs(err) - dev0) if ewma else dev
 
 
 @jit
