@@ -359,3 +359,45 @@ def test_the_cli_exit_code(tmp_path: Path, broker: LocalBroker) -> None:
         done = subprocess.run([sys.executable, "-m", "agent.cli", "doctor", "--config", str(f)],
                               capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == code, done.stdout + done.stderr
+
+
+def test_a_port_another_process_holds_is_not_probed(tmp_path: Path,
+                                                     broker: LocalBroker) -> None:
+    import subprocess
+
+    with VirtualUhfReader(tmp_path / "uhf", lambda: []) as reader, \
+            open(tmp_path / "uhf", "rb") as held:
+        holder = subprocess.Popen(["sleep", "30"], stdin=held)
+        try:
+            rc, text = _doctor(_cfg(tmp_path, broker.url,
+                                    [("u1", "uhf-m100", str(tmp_path / "uhf"))]))
+        finally:
+            holder.kill()
+            holder.wait()
+        assert reader.commands == []  # nothing written to a port the agent may be reading
+    assert rc == 0, text
+    assert f"is open in process {holder.pid}" in _line(text, "[WARN] reader u1 (uhf-m100)")
+
+
+def test_an_em4100_card_frame_is_ok(tmp_path: Path, broker: LocalBroker) -> None:
+    import threading
+
+    from firmware_bridge import em4100
+    from simulators.pty_reader import VirtualSerialReader
+
+    with VirtualSerialReader(tmp_path / "em", encode=em4100.encode) as port:
+        stop = threading.Event()
+
+        def card() -> None:
+            while not stop.wait(0.05):
+                port.send(bytes.fromhex("0102030405"))
+
+        t = threading.Thread(target=card, daemon=True)
+        t.start()
+        try:
+            rc, text = _doctor(_cfg(tmp_path, broker.url,
+                                    [("e1", "em4100", str(tmp_path / "em"))]), listen_s=2.0)
+        finally:
+            stop.set()
+            t.join()
+    assert "sent a valid card frame" in _line(text, "[ok] reader e1 (em4100)")
