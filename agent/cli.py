@@ -124,7 +124,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from agent.doctor import run_doctor
 
-    return run_doctor(_load(args.config), sys.stdout)
+    return run_doctor(_load(args.config), sys.stdout, listen_s=args.listen_s)
 
 
 def cmd_acl(args: argparse.Namespace) -> int:
@@ -309,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("doctor", help="check a gateway: config, ports, storage, broker")
     s.add_argument("--config", required=True)
+    s.add_argument("--listen-s", type=float, default=3.0,
+                   help="seconds to listen to an EM4100 reader for a frame (default 3)")
     s.set_defaults(func=cmd_doctor)
 
     s = sub.add_parser("acl", help="Mosquitto ACL + password-file template from gateway configs")
