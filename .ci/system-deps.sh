@@ -1,6 +1,8 @@
 #!/bin/sh
 # Installs the Debian packages the tests need, when they are missing, with one apt-get run:
-#   mosquitto, mosquitto-clients  the real broker the end-to-end tests start
+#   mosquitto, mosquitto-clients  the real broker the end-to-end tests start (and mosquitto_passwd)
+#   tmux                          a real terminal for the staff console's key tests
+#   openssl                       the command line that makes the TLS tests' CA and certificates
 #   dbus                          dbus-daemon: the private system bus of the BLE tests
 #   libdbus-1-dev, libglib2.0-dev headers to build dbus-python (python-dbusmock needs it;
 #   pkg-config, build-essential,  PyPI has no wheels, so pip compiles it)
@@ -23,6 +25,8 @@ installed() {
 missing=""
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$missing mosquitto"
 command -v mosquitto_sub >/dev/null 2>&1 || missing="$missing mosquitto-clients"
+command -v tmux >/dev/null 2>&1 || missing="$missing tmux"
+command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 for pkg in dbus libdbus-1-dev libglib2.0-dev pkg-config; do
     installed "$pkg" || missing="$missing $pkg"
 done

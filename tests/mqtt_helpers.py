@@ -183,13 +183,14 @@ def start_mosquitto(
 
 
 def need_mosquitto() -> None:
-    """Skip the calling test module unless Mosquitto is installed."""
+    """Fail the calling test module when Mosquitto is missing: `make test` installs it, so a
+    skip would hide a missing part."""
     import pytest
 
     from agent.broker import find_mosquitto
 
     if find_mosquitto() is None:
-        pytest.skip("mosquitto is not installed", allow_module_level=True)
+        pytest.fail("mosquitto is not installed (make test installs it)", pytrace=False)
 
 
 def run_bounded(coro: Coroutine[Any, Any, None], timeout: float) -> None:

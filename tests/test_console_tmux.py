@@ -66,7 +66,7 @@ def _watch_cmd(args: str, tail: str) -> str:
 @pytest.fixture
 def tmux_console(tmp_path: Path) -> Iterator[tuple[Tmux, object]]:
     if shutil.which("tmux") is None:
-        pytest.skip("tmux is not installed")
+        pytest.fail("tmux is not installed (make test installs it)", pytrace=False)
     with start_mosquitto(tmp_path / "broker") as broker:
         tmux = Tmux(tmp_path / "tmux.sock", _watch_cmd(
             f"--broker {broker.url} --venue {VENUE} --name bob",
@@ -121,7 +121,7 @@ def _console_running(tmux: Tmux) -> bool:
 
 def test_the_banner_in_a_terminal_while_the_broker_is_down(tmp_path: Path) -> None:
     if shutil.which("tmux") is None:
-        pytest.skip("tmux is not installed")
+        pytest.fail("tmux is not installed (make test installs it)", pytrace=False)
     url = f"mqtt://127.0.0.1:{free_port()}"
     rc_file = tmp_path / "rc"
     tmux = Tmux(tmp_path / "tmux.sock", _watch_cmd(
