@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,10 +50,8 @@ from agent.topics import (
 from firmware_bridge.records import RawRead
 
 # ----------------------------------------------------------------------------- one home each
-# Config names -> kernel codes. The kernels package is imported lazily (see engine_for):
-# numba reads NUMBA_CACHE_DIR when it is first imported, and the runtime sets it first.
-ROLE_NAMES = ("presence", "entry", "exit")
-KIND_NAMES = ("queue", "area")
+# The kernels package is imported lazily (see engine_for): numba reads NUMBA_CACHE_DIR when
+# it is first imported, and the runtime sets it first.
 
 # The names zone state publishes for the kernels' METHOD_* and QL_* codes (filled on first
 # use, from the kernels' own codes).
@@ -99,23 +97,15 @@ def topology_for(cfg: Config) -> Any:
              "exit": kernels.ROLE_EXIT}
     kinds = {"queue": kernels.KIND_QUEUE, "area": kernels.KIND_AREA}
     zone_index = {z.id: i for i, z in enumerate(cfg.zones)}
-    arrays: dict[str, Any] = dict(
+    return kernels.Topology(
         reader_zone=np.array([zone_index[r.zone] for r in cfg.readers], np.int32),
         reader_role=np.array([roles[r.role] for r in cfg.readers], np.int8),
         zone_kind=np.array([kinds[z.kind] for z in cfg.zones], np.int8),
         zone_timeout_s=np.array([z.timeout_s for z in cfg.zones], np.float64),
+        reader_rssi_floor=np.array([r.rssi_floor_dbm for r in cfg.readers], np.float64),
+        reader_min_reads=np.array([r.min_reads for r in cfg.readers], np.int32),
+        zone_missed_reads=np.array([z.departure_missed_reads for z in cfg.zones], np.float64),
     )
-    optional = {  # Topology fields newer kernels take, from newer config keys
-        "reader_rssi_floor": ("readers", "rssi_floor_dbm", np.float64),
-        "reader_min_reads": ("readers", "min_reads", np.int64),
-        "zone_missed_reads": ("zones", "departure_missed_reads", np.float64),
-    }
-    accepted = set(getattr(kernels.Topology, "__dataclass_fields__", {}))
-    for name, (table, key, dtype) in optional.items():
-        items: Sequence[Any] = cfg.readers if table == "readers" else cfg.zones
-        if name in accepted and all(hasattr(it, key) for it in items):
-            arrays[name] = np.array([getattr(it, key) for it in items], dtype)
-    return kernels.Topology(**arrays)
 
 
 def engine_params(cfg: Config, *, max_tags: int | None = None) -> dict[str, Any]:
@@ -216,7 +206,7 @@ class ReaderStatus:
     degraded: bool = False
     reads: int = 0
     last_read_ts: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    reads_at_last_health: int = 0  # for reads_per_s in health
 
 
 # ----------------------------------------------------------------------------- the core
@@ -512,8 +502,7 @@ class GatewayCore:
         the last read (wall time) and the last error."""
         out = {}
         for rid, st in self.readers.items():
-            prev = st.extra.get("reads_at_last_health", 0)
-            st.extra["reads_at_last_health"] = st.reads
+            prev, st.reads_at_last_health = st.reads_at_last_health, st.reads
             lh = link_health.get(rid)
             out[rid] = {
                 "online": bool(st.online), "reads": st.reads,
