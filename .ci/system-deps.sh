@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs the Debian packages the tests need, when they are missing, with one apt-get run:
 #   mosquitto, mosquitto-clients  the real broker the end-to-end tests start (and mosquitto_passwd)
+#   nats-server                   the clustered broker (JetStream, MQTT 3.1.1) of the scale test
 #   tmux                          a real terminal for the staff console's key tests
 #   openssl                       the command line that makes the TLS tests' CA and certificates
 #   dbus                          dbus-daemon: the private system bus of the BLE tests
@@ -13,7 +14,7 @@ set -e
 PY="${PY:-python3}"
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
-    echo "not a Debian system: install mosquitto and its clients, dbus-daemon, the libdbus-1" >&2
+    echo "not a Debian system: install mosquitto and its clients, nats-server, dbus-daemon, the libdbus-1" >&2
     echo "and glib-2.0 development headers, pkg-config, a C compiler and the Python headers" >&2
     exit 1
 fi
@@ -25,6 +26,7 @@ installed() {
 missing=""
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$missing mosquitto"
 command -v mosquitto_sub >/dev/null 2>&1 || missing="$missing mosquitto-clients"
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing="$missing nats-server"
 command -v tmux >/dev/null 2>&1 || missing="$missing tmux"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
 for pkg in dbus libdbus-1-dev libglib2.0-dev pkg-config; do
