@@ -318,6 +318,14 @@ def check_broker(cfg: Config, timeout_s: float = 5.0) -> list[Check]:
         present = Path(b.ca_file).is_file()
         checks.append(Check(OK if present else FAIL, f"broker CA file {b.ca_file}",
                             "present" if present else "not found: fix broker.ca_file"))
+        if present:
+            checks.append(check_certificate_file(
+                f"broker CA file {b.ca_file}", Path(b.ca_file),
+                "renew the venue CA and give every gateway and the broker the new one"))
+    if b.cert_file and Path(b.cert_file).is_file():
+        checks.append(check_certificate_file(
+            f"client certificate {b.cert_file}", Path(b.cert_file),
+            "issue this gateway a new one from the venue CA (broker.cert_file)"))
     topics = Topics(cfg.venue.id, cfg.gateway.id)
     for url in b.urls:
         try:
@@ -328,6 +336,42 @@ def check_broker(cfg: Config, timeout_s: float = 5.0) -> list[Check]:
             continue
         checks.extend(probe_broker(settings, settings.addresses[0], topics, timeout_s))
     return checks
+
+
+#: A certificate that expires within this many days is a warning.
+EXPIRY_WARN_DAYS = 30
+
+
+def expiry_check(what: str, not_after: float, now: float, fix: str,
+                 not_before: float | None = None) -> Check:
+    """FAIL for a certificate that has expired (or is not valid yet), WARN within
+    EXPIRY_WARN_DAYS of its end, else OK; times in seconds since the epoch."""
+    until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(not_after))
+    days = (not_after - now) / 86400.0
+    if days < 0:
+        return Check(FAIL, what, f"certificate has expired ({until}, {-days:.0f} days ago): "
+                     f"{fix}")
+    if not_before is not None and not_before > now:
+        since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(not_before))
+        return Check(FAIL, what, f"certificate is not valid before {since}: is this "
+                     "gateway's clock right (NTP)?")
+    if days < EXPIRY_WARN_DAYS:
+        return Check(WARN, what, f"certificate expires {until}, in {days:.0f} days: {fix}")
+    return Check(OK, what, f"certificate valid until {until} ({days:.0f} days)")
+
+
+def check_certificate_file(what: str, path: Path, fix: str, now: float | None = None) -> Check:
+    """The expiry of the PEM certificate(s) in ``path``: of a bundle, the first to expire."""
+    from cryptography import x509
+
+    try:
+        certs = x509.load_pem_x509_certificates(path.read_bytes())
+    except (OSError, ValueError) as e:
+        return Check(FAIL, what, f"cannot read a PEM certificate from it ({e})")
+    first = min(certs, key=lambda c: c.not_valid_after_utc)
+    return expiry_check(what, first.not_valid_after_utc.timestamp(),
+                        time.time() if now is None else now, fix,
+                        max(c.not_valid_before_utc.timestamp() for c in certs))
 
 
 _CONNECT_FIX = {
@@ -361,6 +405,8 @@ def probe_broker(settings: Any, addr: BrokerAddress, topics: Topics,
     try:
         tls = " over TLS (certificate verified)" if addr.tls else ""
         checks = [Check(OK, what, f"MQTT {protocol} CONNECT accepted{tls}")]
+        if addr.tls:
+            checks.append(_peer_expiry(client, addr.url))
         own = topics.health
         other = Topics(topics.venue, f"{topics.gateway}-doctor-other").health
         if protocol != "5":
@@ -392,6 +438,17 @@ def probe_broker(settings: Any, addr: BrokerAddress, topics: Topics,
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def _peer_expiry(client: Any, url: str) -> Check:
+    """When the broker's (verified) certificate expires."""
+    what = f"broker certificate {url}"
+    sock = client.socket()
+    cert = sock.getpeercert() if isinstance(sock, ssl.SSLSocket) else None
+    if not cert or "notAfter" not in cert:
+        return Check(WARN, what, "its expiry date could not be read")
+    return expiry_check(what, ssl.cert_time_to_seconds(str(cert["notAfter"])), time.time(),
+                        "renew it on the broker")
 
 
 class _Session:
@@ -454,6 +511,10 @@ def _connect(settings: Any, addr: BrokerAddress, protocol: str,
     try:
         client.connect(addr.host, addr.port, keepalive=settings.keepalive_s)
     except ssl.SSLCertVerificationError as e:
+        if e.verify_code in (9, 10):  # not yet valid, expired: the cause, not the CA
+            from agent.publisher import describe_verify_error
+
+            return describe_verify_error(e, settings.ca_file)
         ca = settings.ca_file or "the system trust store"
         return (f"TLS: the broker's certificate does not verify against {ca} "
                 f"({e.verify_message}): wrong broker.ca_file, or a host name the "

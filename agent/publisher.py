@@ -649,7 +649,7 @@ class Publisher:
                 None, lambda: client.connect(addr.host, addr.port, st.keepalive_s, **kwargs)
             )
         except (OSError, ValueError) as exc:
-            raise _ConnectFailed(_describe(exc)) from None
+            raise _ConnectFailed(_describe(exc, st.ca_file)) from None
         client.loop_start()
         stop_wait = asyncio.ensure_future(self._stop_requested.wait())
         waiters: set[asyncio.Future[Any]] = {session.connack, stop_wait}
@@ -1148,6 +1148,27 @@ class _Outage:
         self._ever_connected = True
 
 
-def _describe(exc: BaseException) -> str:
+# OpenSSL's X509_V_ERR_* codes of the verification failures a venue meets, with the fix.
+_VERIFY_FIX = {
+    9: "its validity starts in the future: is this gateway's clock right (NTP)?",
+    10: "renew the broker's certificate (or is this gateway's clock wrong?)",
+    62: "the URL's host is not a name the certificate holds: use one it holds",
+}
+
+
+def describe_verify_error(exc: ssl.SSLCertVerificationError, ca_file: str | None) -> str:
+    """What a failed verification of the broker's certificate means, for a log line: the
+    cause OpenSSL names (``certificate has expired``, ``Hostname mismatch``...) and the fix."""
+    cause = exc.verify_message or exc.reason or str(exc)
+    fix = _VERIFY_FIX.get(exc.verify_code or 0,
+                          f"is it signed by a CA in {ca_file or 'the system trust store'}? "
+                          "(broker.ca_file)")
+    return (f"TLS: the broker's certificate is refused: {cause} (certificate verify failed, "
+            f"OpenSSL code {exc.verify_code}): {fix}")
+
+
+def _describe(exc: BaseException, ca_file: str | None = None) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return describe_verify_error(exc, ca_file)
     text = str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {text}" if isinstance(exc, OSError) else text

@@ -241,6 +241,48 @@ def test_tls_wrong_ca_fails_and_the_right_ca_passes(tmp_path: Path) -> None:
     assert "does not verify against" in _line(text, f"[FAIL] broker {url}")
 
 
+def test_certificate_expiry_is_reported(tmp_path: Path) -> None:
+    """An expired broker certificate fails naming the cause; the broker's, the CA's and the
+    client certificate's end dates are reported, a near one as a warning."""
+    from tests.tls_helpers import have_openssl, make_cert, make_pki, tls_listener_conf
+
+    have_openssl()
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    make_pki(pki)  # valid two days: a warning
+    make_cert(pki, "expired-broker", not_before_days=-10, not_after_days=-1)
+    make_cert(pki, "gw-soon", not_before_days=-1, not_after_days=10.5, server=False)
+    client = (f'ca_file = "{pki / "ca.crt"}"\ncert_file = "{pki / "gw-soon.crt"}"\n'
+              f'key_file = "{pki / "gw-soon.key"}"')
+    with start_mosquitto(tmp_path / "old", extra_conf=tls_listener_conf(
+            pki, cert="expired-broker")) as b:
+        url = f"mqtts://127.0.0.1:{b.port}"
+        rc, text = _doctor(_cfg(tmp_path, url, [], client))
+    assert rc == 1
+    line = _line(text, f"[FAIL] broker {url}")
+    assert "certificate has expired" in line and "renew the broker's certificate" in line
+    line = _line(text, f"[WARN] client certificate {pki / 'gw-soon.crt'}")
+    assert "certificate expires" in line and "in 10 days" in line, line
+    assert "in 2 days" in _line(text, f"[WARN] broker CA file {pki / 'ca.crt'}")
+    with start_mosquitto(tmp_path / "new", extra_conf=tls_listener_conf(pki)) as b:
+        url = f"mqtts://127.0.0.1:{b.port}"
+        rc, text = _doctor(_cfg(tmp_path, url, [], client))
+    assert "certificate verified" in _line(text, f"[ok] broker {url}")
+    assert "renew it on the broker" in _line(text, f"[WARN] broker certificate {url}")
+
+
+def test_certificate_dates() -> None:
+    from agent.doctor import OK, WARN, expiry_check
+
+    day = 86400.0
+    assert expiry_check("c", 100 * day, 0.0, "fix").level == OK
+    assert expiry_check("c", 100 * day, 0.0, "fix", not_before=day).level == "FAIL"
+    assert expiry_check("c", 29 * day, 0.0, "fix").level == WARN
+    expired = expiry_check("c", 0.0, 2 * day, "renew")
+    assert expired.level == "FAIL" and "has expired" in expired.detail
+    assert "2 days ago" in expired.detail and "renew" in expired.detail
+
+
 def test_wrong_credentials_fail(tmp_path: Path) -> None:
     import subprocess
 

@@ -33,7 +33,7 @@ from tests.mqtt_helpers import (
     start_mosquitto,
     wait_for,
 )
-from tests.tls_helpers import have_openssl, make_pki, tls_listener_conf
+from tests.tls_helpers import have_openssl, make_cert, make_pki, tls_listener_conf
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -57,11 +57,12 @@ class TlsBroker:
     and a plain loopback listener (``plain_port``) for the test's subscriber."""
 
     def __init__(self, workdir: Path, pki: Path, *, require_certificate: bool,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, cert: str = "broker") -> None:
         self.plain_port = free_port()
         self.broker: LocalBroker = start_mosquitto(
             workdir, extra_conf=[*(extra or []),
-                                 *tls_listener_conf(pki, require_certificate=require_certificate),
+                                 *tls_listener_conf(pki, require_certificate=require_certificate,
+                                                   cert=cert),
                                  f"listener {self.plain_port} 127.0.0.1"])
         self.tls_port = self.broker.port
         wait_for(lambda: _accepts(self.plain_port), 10, "the plain listener")
@@ -140,6 +141,20 @@ def test_a_broker_certificate_of_another_ca_is_refused(
     settings = BrokerSettings(mtls.url, client_id="gw-01", ca_file=str(pki / "rogue-ca.crt"),
                               cert_file=str(pki / "gw-a.crt"), key_file=str(pki / "gw-a.key"))
     refused(settings, tmp_path, caplog, "certificate verify failed")
+
+
+def test_an_expired_broker_certificate_is_refused(
+        pki: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # Signed by the venue CA, for 127.0.0.1, expired yesterday: only its dates are wrong.
+    make_cert(pki, "expired-broker", not_before_days=-10, not_after_days=-1)
+    b = TlsBroker(tmp_path / "broker", pki, require_certificate=False, cert="expired-broker")
+    try:
+        settings = BrokerSettings(b.url, client_id="gw-01", ca_file=str(pki / "ca.crt"))
+        refused(settings, tmp_path, caplog, "the broker's certificate is refused: certificate "
+                                            "has expired")
+        assert "renew the broker's certificate" in caplog.text
+    finally:
+        b.close()
 
 
 def test_verification_is_on_without_a_ca_file(

@@ -5,6 +5,9 @@ for 127.0.0.1 and localhost signed by it (``broker.crt``/``broker.key``), a clie
 certificate (``gw-a.crt``/``gw-a.key``, common name ``client_cn``), and a rogue CA
 (``rogue-ca.crt``) with a client certificate of the same name signed by it
 (``rogue.crt``/``rogue.key``). Keys are mode 0600. Certificates are valid for two days.
+
+``make_cert(d, name, days=...)`` adds a certificate signed by that CA with the validity the
+test asks for, e.g. a broker certificate that expired yesterday.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["have_openssl", "make_pki", "openssl", "tls_context", "tls_listener_conf"]
+__all__ = ["have_openssl", "make_cert", "make_pki", "openssl", "tls_context",
+           "tls_listener_conf"]
 
 _EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
 
@@ -67,9 +71,52 @@ def tls_context(d: Path, ca: str = "ca.crt", cert: str | None = None) -> ssl.SSL
     return ctx
 
 
-def tls_listener_conf(d: Path, *, require_certificate: bool = False) -> list[str]:
+def make_cert(d: Path, name: str, *, not_before_days: float, not_after_days: float,
+              server: bool = True) -> None:
+    """Write ``d/name.crt`` and ``d/name.key``: a certificate signed by ``make_pki``'s CA,
+    valid from ``not_before_days`` to ``not_after_days`` days from now (negative: in the
+    past), for 127.0.0.1 and localhost (``server``) or a client named ``name``."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_cert = x509.load_pem_x509_certificate((d / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cn = "localhost" if server else name
+    b = (x509.CertificateBuilder()
+         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+         .issuer_name(ca_cert.subject).public_key(key.public_key())
+         .serial_number(x509.random_serial_number())
+         .not_valid_before(now + dt.timedelta(days=not_before_days))
+         .not_valid_after(now + dt.timedelta(days=not_after_days)))
+    if server:
+        import ipaddress
+
+        b = b.add_extension(x509.SubjectAlternativeName([
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False)
+    b = b.add_extension(x509.ExtendedKeyUsage(
+        [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
+        critical=False)
+    cert = b.sign(ca_key, hashes.SHA256())
+    (d / f"{name}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / f"{name}.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    (d / f"{name}.key").chmod(0o600)
+
+
+def tls_listener_conf(d: Path, *, require_certificate: bool = False,
+                      cert: str = "broker") -> list[str]:
     """mosquitto.conf lines that make the listener above them TLS with ``make_pki``'s
-    broker certificate (``start_mosquitto(extra_conf=...)``: its one listener)."""
-    return [f"cafile {d / 'ca.crt'}", f"certfile {d / 'broker.crt'}",
-            f"keyfile {d / 'broker.key'}",
+    broker certificate, or ``d/cert.crt`` (``start_mosquitto(extra_conf=...)``: its one
+    listener)."""
+    return [f"cafile {d / 'ca.crt'}", f"certfile {d / f'{cert}.crt'}",
+            f"keyfile {d / f'{cert}.key'}",
             f"require_certificate {'true' if require_certificate else 'false'}"]
