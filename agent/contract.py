@@ -488,6 +488,10 @@ def _health() -> dict[str, Any]:
         "live_tags": _d("Pseudonymous tags the engine tracks now.", _COUNT),
         "dropped_unknown_reads": _d("Reads from readers not in the config, since start.",
                                     _COUNT),
+        "probe": _d("Present (true) only on the probe `venue-agent doctor` publishes to check "
+                    "that the broker lets the gateway write here: not the gateway's health "
+                    "(every figure zero, no readers); ignore it.",
+                    {"type": "boolean", "const": True}),
     }
     return _object(SCHEMA_HEALTH, "Gateway health",
                    "QoS 0, every gateway.health_interval_s, only while connected.",

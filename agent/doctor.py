@@ -5,7 +5,7 @@ it is not ok, what to fix; the exit status is 1 when any check FAILs.
 
 Doctor changes nothing: it creates no directory or file, never opens the outbox, and on the
 broker publishes only a non-retained QoS 1 probe to the gateway's own ``health`` topic (never
-the retained ``status``), under its own client id (``<client id>-doctor``) so a running
+the retained ``status``; a valid health@1 payload marked ``probe: true``), under its own client id (``<client id>-doctor``) so a running
 agent's session is not taken over. Serial readers are probed only when no other process
 holds the port (a probe would steal the running agent's bytes): UHF with a single
 inventory, PN532 with GetFirmwareVersion after the HSU wake-up, EM4100 by listening.
@@ -25,14 +25,13 @@ from typing import Any, TextIO
 
 from agent.brokerurl import BrokerAddress
 from agent.config import Config, ReaderConfig, broker_settings, tcp_reader_address
-from agent.topics import Topics
+from agent.topics import SCHEMA_HEALTH, Topics
 
 OK, WARN, FAIL = "ok", "WARN", "FAIL"
 
 #: What a cold numba cache costs the first start (measured on the project's machines).
 COLD_START_COST = "first start compiles the kernels: ~15 s on a desktop, minutes on a Pi"
 
-_PROBE_SCHEMA = "venue-agent/doctor-probe@1"
 _NOT_AUTHORIZED = 0x87
 
 
@@ -545,11 +544,20 @@ def _connect(settings: Any, addr: BrokerAddress, protocol: str,
     return _Connected(client, session)
 
 
+def probe_payload(topics: Topics, at: float) -> dict[str, Any]:
+    """The probe published to the gateway's own health topic: a valid health@1 message (the
+    contract's ``probe: true``, every figure zero, no readers), so consumers that validate
+    the health channel accept it and those that read ``probe`` ignore it. ``at``: epoch s."""
+    return topics.envelope(SCHEMA_HEALTH, at, probe=True, uptime_s=0.0, readers={},
+                           outbox_depth=0, publisher={}, cpu_pct=0.0, rss_mb=0.0, tick_ms=0.0,
+                           tick_ms_max=0.0, live_tags=0)
+
+
 def _publish(client: Any, session: _Session, topics: Topics, topic: str,
              timeout_s: float) -> int | None:
     import json
 
-    payload = json.dumps(topics.envelope(_PROBE_SCHEMA, time.time(), probe=True))
+    payload = json.dumps(probe_payload(topics, time.time()))
     info = client.publish(topic, payload, qos=1, retain=False)
     with session.acked:
         session.acked.wait_for(lambda: info.mid in session.acks, timeout_s)

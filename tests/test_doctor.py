@@ -6,6 +6,7 @@ and without an ACL, stopped, TLS), and a check that doctor creates nothing."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 from collections.abc import Iterator
@@ -200,8 +201,14 @@ def test_doctor_does_not_overwrite_the_retained_status(tmp_path: Path,
     from tests.mqtt_helpers import wait_for
 
     got: list[tuple[str, bool]] = []
+    payloads: list[bytes] = []
     c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    c.on_message = lambda _c, _u, m: got.append((m.topic, m.retain))
+
+    def on_message(_c: object, _u: object, m: mqtt.MQTTMessage) -> None:
+        got.append((m.topic, m.retain))
+        payloads.append(bytes(m.payload))
+
+    c.on_message = on_message
     c.connect("127.0.0.1", broker.port)
     c.loop_start()
     try:
@@ -215,6 +222,12 @@ def test_doctor_does_not_overwrite_the_retained_status(tmp_path: Path,
         c.loop_stop()
         c.disconnect()
     assert got == [("venue/v/gateway/g/health", False)]
+    # The probe is a valid health@1 message (the contract's probe: true), so a consumer that
+    # validates the health channel is not handed garbage.
+    from tests.contract_check import assert_valid
+
+    assert assert_valid(got[0][0], payloads[0]).key == "health"
+    assert json.loads(payloads[0])["probe"] is True
 
 
 def test_a_plain_broker_behind_mqtts_fails(tmp_path: Path, broker: LocalBroker) -> None:
