@@ -5,7 +5,9 @@
 - each **gateway** may write only its own gateway topics (``status``, which is also its Last
   Will, and ``health``) and, for the zones its config owns, ``zone/{zone}/state``,
   ``moment/{zone}/+`` and ``nudge/{zone}``, plus ``dispatch/{team}`` for every team its zones
-  and ``moments.reader_team`` name; it reads the acknowledgement topics ``ack/#``;
+  and ``moments.reader_team`` name; it reads the acknowledgement topics ``ack/#``; with
+  ``[homeassistant] discovery`` it also writes and reads its own discovery configs
+  (``{prefix}/sensor/{venue}_{gateway}/+/config``);
 - **staff consoles** (``--staff-user``, default ``staff``) read everything of the venue and
   write only acknowledgements;
 - the **board** (``--board-user``, default ``board``) reads zone state and nudges;
@@ -129,9 +131,15 @@ def gateway_grant(cfg: Config) -> GatewayGrant:
     for z in zones:
         write += [t.zone_state(z), t.moment(z, ANY), t.nudge(z)]
     write += [t.dispatch(team) for team in teams]
+    read = [t.ack_filter]
+    if cfg.homeassistant.discovery:
+        # Its own discovery configs: written, and read back to clear removed zones' ones.
+        own = t.ha_discovery_filter(cfg.homeassistant.prefix)
+        write.append(own)
+        read.append(own)
     return GatewayGrant(username=gateway_username(cfg), venue=cfg.venue.id,
                         gateway=cfg.gateway.id, source=cfg.source, zones=zones, teams=teams,
-                        write=tuple(write), read=(t.ack_filter,))
+                        write=tuple(write), read=tuple(read))
 
 
 def plan_acl(configs: Sequence[Config], *, staff_users: Iterable[str] = DEFAULT_STAFF_USERS,

@@ -232,6 +232,18 @@ class PrivacyConfig:
         return self.retention_days * 86400.0
 
 
+# A discovery prefix: one or more topic levels of [A-Za-z0-9_-] (no wildcards, no empty level).
+HA_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,3}$")
+
+
+@dataclass(frozen=True)
+class HomeAssistantConfig:
+    """Home Assistant MQTT discovery (agent/homeassistant.py): off unless ``discovery``."""
+
+    discovery: bool = False  # publish a retained discovery config per zone sensor
+    prefix: str = "homeassistant"  # Home Assistant's discovery prefix (its default)
+
+
 @dataclass(frozen=True)
 class Config:
     venue: VenueConfig
@@ -243,6 +255,7 @@ class Config:
     readers: tuple[ReaderConfig, ...]
     zones: tuple[ZoneConfig, ...]
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    homeassistant: HomeAssistantConfig = field(default_factory=HomeAssistantConfig)
     source: str = field(default="<memory>", compare=False)
 
     @property
@@ -564,7 +577,7 @@ def parse_config(text: str, file: str = "<memory>") -> Config:
         raise ConfigError(file, "", "valid TOML nested less deeply") from None
 
     known_sections = {"venue", "gateway", "broker", "storage", "moments", "estimation",
-                      "privacy", "readers", "zones"}
+                      "privacy", "homeassistant", "readers", "zones"}
     for k in data:
         if k not in known_sections:
             raise ConfigError(file, k, "one of the sections " + ", ".join(sorted(known_sections)),
@@ -594,6 +607,12 @@ def parse_config(text: str, file: str = "<memory>") -> Config:
     _check_id(file, "moments.reader_team", moments.reader_team)
     estimation = _Section(file, "estimation", data.get("estimation", {})).build(EstimationConfig)
     privacy = _load_privacy(file, data.get("privacy", {}))
+    homeassistant = _Section(file, "homeassistant",
+                             data.get("homeassistant", {})).build(HomeAssistantConfig)
+    if not HA_PREFIX_RE.match(homeassistant.prefix):
+        raise ConfigError(file, "homeassistant.prefix", "1..4 topic levels of [A-Za-z0-9_-] "
+                          "separated by '/' (Home Assistant's discovery prefix)",
+                          homeassistant.prefix)
 
     zones = tuple(_load_zone(file, i, z) for i, z in enumerate(_table_list(file, data, "zones")))
     readers = tuple(_load_reader(file, i, r)
@@ -617,7 +636,7 @@ def parse_config(text: str, file: str = "<memory>") -> Config:
     _check_unique(file, "readers[].port", [r.port for r in readers if r.port])
     return Config(venue=venue, gateway=gateway, broker=broker, storage=storage, moments=moments,
                   estimation=estimation, readers=readers, zones=zones, privacy=privacy,
-                  source=file)
+                  homeassistant=homeassistant, source=file)
 
 
 def _check_unique(file: str, key: str, values: list[str]) -> None:

@@ -287,7 +287,9 @@ class Publisher:
     ``"connection lost"`` to build that connection's Last Will (fresh ``id`` and ``at``),
     and with ``"shutdown"`` for the retained status a clean ``stop()`` publishes.
     ``birth() -> (topic, payload)`` is called for every connection; both go out retained,
-    QoS 1, ahead of anything from the outbox.
+    QoS 1, ahead of anything from the outbox. ``announce() -> [(topic, payload)]`` (e.g.
+    Home Assistant discovery configs) is called for every connection too, and its messages
+    go out retained, QoS 1, right after the birth.
 
     ``subscriptions`` (``[(filter, qos)]``) are subscribed on every connection (each one
     starts a clean session) before the birth; every message they bring is handed to
@@ -318,6 +320,7 @@ class Publisher:
         replay_per_s: float | None = 50.0,
         subscriptions: Sequence[tuple[str, int]] = (),
         on_message: Callable[[str, bytes], object] | None = None,
+        announce: Callable[[], Sequence[Message]] | None = None,
     ) -> None:
         subscriptions = tuple((f, q) for f, q in subscriptions)
         for topic_filter, qos in subscriptions:
@@ -332,6 +335,7 @@ class Publisher:
         self._outbox = outbox
         self._will = will
         self._birth = birth
+        self._announce = announce
         self._max_inflight = max_inflight
         self._subscriptions = subscriptions
         self._on_message = on_message
@@ -404,6 +408,20 @@ class Publisher:
             self._volatile_dropped += 1
             return False
         self._volatile_sent += 1
+        return True
+
+    def publish_retained(self, topic: str, payload: bytes) -> bool:
+        """Publish retained, QoS 1, outside the outbox, on the current connection only (e.g.
+        the empty payload that clears a retained message). True if handed over; False when
+        offline (nothing is kept: the caller decides again on the next connection)."""
+        s = self._session
+        if s is None or not self.connected:
+            return False
+        try:
+            self._publish_control(s, topic, payload)
+        except ValueError as exc:
+            self._log.error("MQTT client refused a retained message for %r: %s", topic, exc)
+            return False
         return True
 
     def stats(self) -> PublisherStats:
@@ -766,6 +784,8 @@ class Publisher:
             s.client.subscribe(list(self._subscriptions))
         topic, payload = self._birth()
         self._publish_control(s, topic, payload)
+        for topic, payload in self._announce() if self._announce is not None else ():
+            self._publish_control(s, topic, payload)
         while not self._stop_requested.is_set() and not s.lost.is_set():
             self._wake.clear()
             self._fill_window(s)

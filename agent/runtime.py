@@ -106,6 +106,11 @@ class Agent:
         self.core.warm_up(self.clock())
         self._restore_checkpoint()
         self._checkpoint_task: asyncio.Future[int] | None = None
+        from agent import homeassistant
+
+        # Published on every connection, retained (empty unless [homeassistant] discovery).
+        self._discovery = homeassistant.discovery_configs(cfg)
+        self._discovery_messages = homeassistant.discovery_messages(cfg)
 
     # ------------------------------------------------------------------ checkpoints
     def _restore_checkpoint(self) -> None:
@@ -182,14 +187,34 @@ class Agent:
                 raise StartupError(f"broker.password_file: cannot read {b.password_file} "
                                    f"({e})") from None
         settings = broker_settings(b, self.cfg.client_id, password)
+        # Staff consoles acknowledge moments here (retained: a restarted gateway hears them
+        # again).
+        subscriptions = [(self.topics.ack_filter, 1)]
+        if self.cfg.homeassistant.discovery:
+            # Our own retained discovery configs come back: the ones of zones no longer
+            # configured are cleared (agent/homeassistant.py).
+            subscriptions.append((self.topics.ha_discovery_filter(
+                self.cfg.homeassistant.prefix), 1))
         # The will is built per connection (fresh id and at) and for the clean stop.
         return Publisher(settings, self.outbox,
                          will=lambda reason: (self.topics.status, self._status(False, reason)),
                          birth=lambda: (self.topics.status, self._status(True, "started")),
-                         replay_per_s=b.replay_per_s,
-                         # Staff consoles acknowledge moments here (retained: a restarted
-                         # gateway hears them again).
-                         subscriptions=[(self.topics.ack_filter, 1)], on_message=self._on_ack)
+                         replay_per_s=b.replay_per_s, subscriptions=subscriptions,
+                         on_message=self._on_message,
+                         announce=lambda: self._discovery_messages)
+
+    def _on_message(self, topic: str, payload: bytes) -> None:
+        """On the loop: a message on one of the subscriptions."""
+        from agent import homeassistant
+
+        if self.cfg.homeassistant.discovery and homeassistant.is_discovery_topic(self.cfg,
+                                                                                 topic):
+            if homeassistant.is_stale(topic, payload, self._discovery):
+                log.info("Home Assistant: clearing the discovery config %s (its zone is no "
+                         "longer configured)", topic)
+                self.publisher.publish_retained(topic, b"")
+            return
+        self._on_ack(topic, payload)
 
     def _on_ack(self, topic: str, payload: bytes) -> None:
         """On the loop: a staff console took a moment (``venue/{venue}/ack/{moment_id}``)."""

@@ -10,6 +10,7 @@
 | venue/{venue}/nudge/{zone}                   | 1, message expiry    |
 | venue/{venue}/ack/{moment_id}                | 1 / retained (staff) |
 | venue/{venue}/gateway/{gateway}/moment/{kind}| 1 (data_dropped)     |
+| {prefix}/sensor/{venue}_{gateway}/{zone}_{field}/config | 1 / retained (Home Assistant discovery, optional) |
 
 Every payload is a JSON object with ``schema``, ``id`` (sortable, unique per message),
 ``venue``, ``gateway`` and ``at`` (RFC 3339 UTC). Moments, dispatches and nudges form the
@@ -86,6 +87,22 @@ class Topics:
     def gateway_moment(self, kind: str) -> str:
         """Moments about the gateway itself rather than a zone (``data_dropped``)."""
         return f"{self.prefix}/gateway/{self.gateway}/moment/{kind}"
+
+    # Home Assistant MQTT discovery (agent/homeassistant.py): outside the venue/ tree, under
+    # the prefix Home Assistant listens to, one retained config per zone sensor.
+    @property
+    def ha_node_id(self) -> str:
+        """The discovery topic's node level: venue and gateway (ids have no ``_``)."""
+        return f"{self.venue}_{self.gateway}"
+
+    def ha_discovery(self, prefix: str, zone: str, field: str) -> str:
+        """``{prefix}/sensor/{venue}_{gateway}/{zone}_{field}/config``: the retained config of
+        one zone sensor; an empty retained payload there removes the sensor."""
+        return f"{prefix}/sensor/{self.ha_node_id}/{zone}_{field}/config"
+
+    def ha_discovery_filter(self, prefix: str) -> str:
+        """Every discovery config this gateway may have published (its own node level)."""
+        return f"{prefix}/sensor/{self.ha_node_id}/{ANY}/config"
 
     def console_filters(self, team: str | None = None) -> list[str]:
         """What a staff console subscribes to: every zone's state, every gateway's status,

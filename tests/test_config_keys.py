@@ -141,7 +141,8 @@ def test_every_key_is_in_the_config_reference() -> None:
     reference = doc[doc.index("## Config reference"):]
     for cls in (config.VenueConfig, config.GatewayConfig, config.BrokerConfig,
                 config.StorageConfig, config.MomentsConfig, config.EstimationConfig,
-                config.ZoneConfig, config.ReaderConfig, config.WristbandConfig):
+                config.ZoneConfig, config.ReaderConfig, config.WristbandConfig,
+                config.HomeAssistantConfig):
         for f in fields(cls):
             if f.name != "urls":  # written as a list in broker.url
                 assert re.search(rf"[`.]{f.name}[`\[]", reference), (cls, f.name)
