@@ -226,6 +226,9 @@ class PrivacyConfig:
     rotate_hours: int = _limits(24, lo=1, hi=24 * 366)  # pseudonyms change this often...
     rotate_at: str = "04:00"  # ...at this local time "HH:MM": when the venue is closed
     retention_days: float = _limits(1.0, gt=0, hi=3650.0)  # stores keep data at most this long
+    # after a rotation, wristbands inside keep their pseudonym until they leave, at most this
+    # long (the previous key stays in memory that long at most; 0: visits split at rotation)
+    carry_over_s: float = _limits(5400.0, lo=0.0, hi=86400.0)
 
     @property
     def retention_s(self) -> float:

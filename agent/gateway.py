@@ -34,7 +34,7 @@ from agent.checkpoint import Checkpoint, CheckpointError
 from agent.checkpoint import fingerprint as config_fingerprint
 from agent.config import Config, ReaderConfig, ZoneConfig
 from agent.moments import MomentEvent, MomentRules
-from agent.privacy import Pseudonymizer
+from agent.privacy import EpochKey, Pseudonymizer
 from agent.readbuffer import ReadBuffer
 from agent.timefmt import rfc3339
 from agent.topics import (
@@ -213,11 +213,12 @@ class ReaderStatus:
 class GatewayCore:
     """One gateway's decisions. Not thread-safe: one owner (the runtime's loop) calls it."""
 
-    def __init__(self, cfg: Config, *, key: bytes, max_tags: int | None = None,
+    def __init__(self, cfg: Config, *, key: bytes | EpochKey, max_tags: int | None = None,
                  started_at: float | None = None) -> None:
         self.cfg = cfg
         self.topics = Topics(cfg.venue.id, cfg.gateway.id)
-        self.pseudonym = Pseudonymizer(key, cfg.privacy)  # rotates by each batch's ts
+        # Rotates by each batch's ts and each tick's now; visits live at a rotation carry over.
+        self.pseudonym = Pseudonymizer(key, cfg.privacy, live=self._live_pseudonyms)
         self.buffer = ReadBuffer()
         self.engine = engine_for(cfg, max_tags=max_tags)
         self.moments = MomentDecider(cfg)
@@ -231,6 +232,10 @@ class GatewayCore:
         # moment_id -> {"by": staff name, "at": RFC 3339}: acknowledgements of open moments
         self.acks: dict[str, dict[str, str]] = {}
         self.escalated: set[str] = set()  # moment_ids already dispatched to escalation
+
+    def _live_pseudonyms(self) -> set[int]:
+        """The pseudonyms the core holds: the engine's tags and the reads buffered for it."""
+        return set(self.engine.live_keys().tolist()) | set(self.buffer.tag)
 
     # -- warm-up ------------------------------------------------------------------------
     def warm_up(self, now: float) -> None:
@@ -308,10 +313,13 @@ class GatewayCore:
         run the moment rules, and return the messages to store (state first, then moments
         with their dispatches and nudges). ``wall`` stamps the payloads (default ``now``)."""
         offset = 0.0 if wall is None else wall - now
+        self.pseudonym.at(now)  # a quiet gateway rotates on time too
         ts, tag, reader, rssi = self.buffer.take()
         if ts.size:
             self.engine.ingest(ts, tag, reader, rssi)
         m = self.engine.tick(now)
+        if self.pseudonym.carrying:
+            self.pseudonym.settle(now, self._live_pseudonyms())
         arrays = m.arrays()
         floats = {name: arr for name, arr in arrays.items() if arr.dtype.kind == "f"}
         metrics = {z.id: {name: float(arr[i]) for name, arr in floats.items()}

@@ -26,7 +26,7 @@ from typing import Any
 
 from agent.config import Config
 from agent.outbox import Outbox
-from agent.privacy import load_or_create_key
+from agent.privacy import KeyFileError, Rotation, load_or_create_key, store_key
 from agent.sdnotify import Notifier
 from agent.topics import SCHEMA_ACK, SCHEMA_HEALTH, Topics
 from firmware_bridge.records import RawRead
@@ -96,9 +96,12 @@ class Agent:
         self._cpu_mark = (time.monotonic(), time.process_time())
         self.outbox = _open_outbox(cfg)
         try:
-            key = load_or_create_key(cfg.key_path)
+            key = load_or_create_key(cfg.key_path,
+                                     Rotation.of(cfg.privacy).epoch(self.clock()))
         except Exception as e:  # noqa: BLE001 - any key failure stops start-up, named
             raise StartupError(str(e)) from None
+        self._key_epoch = key.epoch  # the epoch of the key on disk
+        self._key_error_epoch: int | None = None
         prepare_numba_cache(cfg)  # before the core imports kernels
         from agent.gateway import GatewayCore
 
@@ -276,6 +279,7 @@ class Agent:
         self._wall_offset = wall - now  # kernel time (monotonic) to wall time
         self._take_inbox()
         result = self.core.step(now, wall)
+        self._store_key()
         with self.outbox.batch():  # one transaction (one fsync) per tick
             for msg in result.messages:
                 self.outbox.enqueue(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain,
@@ -296,6 +300,23 @@ class Agent:
                      ev.unit)
         self.tick_ms_last = (time.perf_counter() - t0) * 1000.0
         self.tick_ms_max = max(self.tick_ms_max, self.tick_ms_last)
+
+    def _store_key(self) -> None:
+        """After a rotation, the new epoch's key replaces the old one on disk."""
+        ek = self.core.pseudonym.key_state
+        if ek is None or ek.epoch == self._key_epoch:
+            return
+        try:
+            store_key(self.cfg.key_path, ek)
+        except KeyFileError as e:
+            if self._key_error_epoch != ek.epoch:  # once per epoch, not every tick
+                self._key_error_epoch = ek.epoch
+                log.error("%s: the previous epoch's key stays on disk; retrying every tick",
+                          e)
+            return
+        log.info("pseudonym key %s: now the key of epoch %d; the previous one is gone from "
+                 "the disk", self.cfg.key_path, ek.epoch)
+        self._key_epoch = ek.epoch
 
     # ------------------------------------------------------------------ health
     def health(self) -> dict[str, Any]:

@@ -10,6 +10,7 @@
 | venue/{venue}/nudge/{zone}                   | 1, message expiry    |
 | venue/{venue}/ack/{moment_id}                | 1 / retained (staff) |
 | venue/{venue}/gateway/{gateway}/moment/{kind}| 1 (data_dropped)     |
+| venue/{venue}/experiment/nudges/{gateway}    | 1 / retained         |
 | {prefix}/sensor/{venue}_{gateway}/{zone}_{field}/config | 1 / retained (Home Assistant discovery, optional) |
 
 Every payload is a JSON object with ``schema``, ``id`` (sortable, unique per message),
@@ -32,6 +33,7 @@ SCHEMA_MOMENT = "venue-agent/moment@1"
 SCHEMA_DISPATCH = "venue-agent/dispatch@1"
 SCHEMA_NUDGE = "venue-agent/nudge@1"
 SCHEMA_ACK = "venue-agent/ack@1"  # a staff console took a moment (who, when)
+SCHEMA_EXPERIMENT = "venue-agent/experiment@1"  # the nudge experiment's summary (retained)
 
 # Outbox sequence streams (see agent.outbox): one for the guaranteed stream, one for state.
 SEQ_GUARANTEED = "guaranteed"
@@ -103,6 +105,16 @@ class Topics:
     def ha_discovery_filter(self, prefix: str) -> str:
         """Every discovery config this gateway may have published (its own node level)."""
         return f"{prefix}/sensor/{self.ha_node_id}/{ANY}/config"
+
+    def experiment(self, name: str = "nudges") -> str:
+        """A gateway's summary of an experiment it runs (retained; one per gateway, so
+        gateways do not overwrite each other's): ``experiment/{name}/{gateway}``."""
+        return f"{self.prefix}/experiment/{name}/{self.gateway}"
+
+    @property
+    def status_filter(self) -> str:
+        """Every gateway's status (birth, clean stop, Last Will) of the venue."""
+        return f"{self.prefix}/gateway/{ANY}/status"
 
     def console_filters(self, team: str | None = None) -> list[str]:
         """What a staff console subscribes to: every zone's state, every gateway's status,

@@ -633,6 +633,12 @@ class ZoneEngine:
         of their reader's min_reads)."""
         return self.params.max_tags - int(self._counters[C_FREE_TOP])
 
+    def live_keys(self) -> np.ndarray:
+        """uint64[K]: the keys (pseudonyms) of the tags the engine remembers now (those
+        counted by ``live_tags``), in no particular order."""
+        k = self._row_key
+        return k[k != 0]
+
     @property
     def evictions(self) -> int:
         """Tags dropped so far because the table was full."""

@@ -36,12 +36,12 @@ def test_key_created_once_with_private_mode(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "pseudonym.key"
     old = os.umask(0)
     try:
-        k1 = load_or_create_key(path)
+        k1 = load_or_create_key(path, 100)
     finally:
         os.umask(old)
-    assert len(k1) == 32
+    assert len(k1.key) == 32 and k1.epoch == 100
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert load_or_create_key(path) == k1
+    assert load_or_create_key(path, 100) == k1
 
 
 def test_damaged_key_is_refused_with_a_message(tmp_path: Path) -> None:
@@ -49,35 +49,35 @@ def test_damaged_key_is_refused_with_a_message(tmp_path: Path) -> None:
     path.write_text("not hex")
     path.chmod(0o600)
     with pytest.raises(KeyFileError, match="pseudonym.key.*damaged"):
-        load_or_create_key(path)
+        load_or_create_key(path, 100)
 
 
 @pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620, 0o660, 0o666])
 def test_key_others_can_read_or_write_is_refused_naming_file_and_fix(tmp_path: Path,
                                                                       mode: int) -> None:
     path = tmp_path / "pseudonym.key"
-    load_or_create_key(path)
+    load_or_create_key(path, 100)
     path.chmod(mode)
     with pytest.raises(KeyFileError) as e:
-        load_or_create_key(path)
+        load_or_create_key(path, 100)
     msg = str(e.value)
     assert str(path) in msg and f"{mode:04o}" in msg and f"chmod 600 {path}" in msg
     path.chmod(0o600)
-    assert len(load_or_create_key(path)) == 32
+    assert len(load_or_create_key(path, 100).key) == 32
     path.chmod(0o400)  # read-only for the owner is fine too
-    assert len(load_or_create_key(path)) == 32
+    assert len(load_or_create_key(path, 100).key) == 32
 
 
 def test_key_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
     real = tmp_path / "real.key"
-    load_or_create_key(real)
+    load_or_create_key(real, 100)
     link = tmp_path / "pseudonym.key"
     link.symlink_to(real)
     with pytest.raises(KeyFileError, match="pseudonym.key"):
-        load_or_create_key(link)
+        load_or_create_key(link, 100)
     (tmp_path / "dir.key").mkdir(mode=0o700)
     with pytest.raises(KeyFileError, match="dir.key"):
-        load_or_create_key(tmp_path / "dir.key")
+        load_or_create_key(tmp_path / "dir.key", 100)
 
 
 # ------------------------------------------------------------------------- pseudonyms
@@ -194,9 +194,10 @@ def test_privacy_defaults_and_values() -> None:
     assert cfg.privacy.retention_s == 86400.0
     printed = tomllib.loads(to_toml(cfg))
     assert printed["privacy"] == {"rotate_hours": 24, "rotate_at": "04:00",
-                                  "retention_days": 1.0}
-    cfg = parse_config(_privacy('rotate_hours = 168\nrotate_at = "05:30"\nretention_days = 7'))
-    assert cfg.privacy == PrivacyConfig(168, "05:30", 7.0)
+                                  "retention_days": 1.0, "carry_over_s": 5400.0}
+    cfg = parse_config(_privacy('rotate_hours = 168\nrotate_at = "05:30"\nretention_days = 7\n'
+                                'carry_over_s = 0'))
+    assert cfg.privacy == PrivacyConfig(168, "05:30", 7.0, 0.0)
     assert parse_config(to_toml(cfg)).privacy == cfg.privacy
 
 
@@ -209,6 +210,8 @@ def test_privacy_defaults_and_values() -> None:
     ("retention_days = 0", "privacy.retention_days"),
     ("retention_days = -1", "privacy.retention_days"),
     ("retain_days = 1", "privacy.retain_days"),
+    ("carry_over_s = -1", "privacy.carry_over_s"),
+    ("carry_over_s = 90000", "privacy.carry_over_s"),
 ])
 def test_privacy_refusals_name_the_key(line: str, key: str) -> None:
     with pytest.raises(ConfigError) as e:
@@ -231,7 +234,7 @@ def test_run_refuses_to_start_with_a_readable_key(tmp_path: Path,
     from agent import cli
 
     key = tmp_path / "pseudonym.key"
-    load_or_create_key(key)
+    load_or_create_key(key, 100)
     key.chmod(0o644)
     cfg = tmp_path / "gw.toml"
     cfg.write_text(MINIMAL.replace('path = "/var/lib/venue-agent/agent.db"',
