@@ -160,6 +160,15 @@ class ReaderConfig:
 
 
 @dataclass(frozen=True)
+class AlternativeConfig:
+    """A zone guests in a long line may be sent to instead (``zones[].alternatives``), and
+    the walk there in seconds. It may be owned by another gateway of the venue."""
+
+    zone: str
+    walk_s: float = _limits(0.0, gt=0)
+
+
+@dataclass(frozen=True)
 class ZoneConfig:
     id: str
     kind: str
@@ -178,6 +187,11 @@ class ZoneConfig:
     # escalation team (0: never).
     escalate_after_s: float = _limits(300.0, lo=0.0)
     escalation_team: str = "supervisors"
+    # Venue-wide nudges: where guests of this (long) line may go instead, with the walk...
+    alternatives: tuple[AlternativeConfig, ...] = ()
+    # ...when a guest saves at least this much (the alternative's wait on arrival plus the
+    # walk, against this line's wait).
+    nudge_margin_s: float = _limits(600.0, lo=0.0)
 
     @property
     def display_name(self) -> str:
@@ -203,6 +217,14 @@ class MomentsConfig:
     forecast_horizon_s: float = _limits(900.0, gt=0)  # queue_rising looks this far ahead
     reader_down_after_s: float = 30.0  # a reader offline this long opens reader_down
     reader_team: str = "technical"  # dispatch topic level for reader_down alerts
+    # The nudge experiment: each venue-wide nudge opportunity is held out (no nudge sent)
+    # with this probability, so the nudges' effect can be measured (0 <= x < 1)...
+    nudge_holdout: float = _limits(0.2, lo=0.0, hi=0.99)
+    # ...for this long (an assignment and its measurement window; rounded to whole
+    # estimation.rate_window_s, see docs/staff.md)...
+    nudge_window_s: float = _limits(900.0, gt=0)
+    # ...and another gateway's zone state older than this is stale: never nudged towards.
+    remote_stale_s: float = _limits(30.0, gt=0)
 
 
 @dataclass(frozen=True)
@@ -298,7 +320,7 @@ T = TypeVar("T")
 # Fields whose TOML value is not a plain scalar of the field's type: read by their loaders.
 _SPECIAL = {(WristbandConfig, "company_id"), (BrokerConfig, "urls"), (BrokerConfig, "url"),
             (BrokerConfig, "require_tls"),
-            (ReaderConfig, "wristbands")}
+            (ReaderConfig, "wristbands"), (ZoneConfig, "alternatives")}
 
 
 def _field_kind(cls: type, f: Any) -> str:
@@ -493,12 +515,33 @@ def _load_reader(file: str, i: int, table: object) -> ReaderConfig:
     return reader
 
 
+def _load_alternatives(file: str, sec: _Section) -> tuple[AlternativeConfig, ...]:
+    raw = sec.table.get("alternatives", [])
+    key = sec.key("alternatives")
+    if not isinstance(raw, list):
+        raise ConfigError(file, key, 'an array of tables such as [{zone = "jungle-queue", '
+                          "walk_s = 240}]", raw)
+    alts = []
+    for j, t in enumerate(raw):
+        asec = _Section(file, f"{key}[{j}]", t)
+        for name in ("zone", "walk_s"):
+            _required(asec, name)
+        alt = asec.build(AlternativeConfig)
+        _check_id(file, asec.key("zone"), alt.zone)
+        alts.append(alt)
+    _check_unique(file, key, [a.zone for a in alts])
+    return tuple(alts)
+
+
 def _load_zone(file: str, i: int, table: object) -> ZoneConfig:
     sec = _Section(file, f"zones[{i}]", table)
     for name in ("id", "kind"):
         _required(sec, name)
-    zone = sec.build(ZoneConfig)
+    zone = sec.build(ZoneConfig, alternatives=_load_alternatives(file, sec))
     _check_id(file, sec.key("id"), zone.id)
+    if any(a.zone == zone.id for a in zone.alternatives):
+        raise ConfigError(file, sec.key("alternatives"), "other zones than the zone itself",
+                          zone.id)
     _check_id(file, sec.key("team"), zone.team)
     _check_id(file, sec.key("escalation_team"), zone.escalation_team)
     _check_choice(file, sec.key("kind"), zone.kind, ZONE_KINDS)

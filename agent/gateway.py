@@ -34,6 +34,7 @@ from agent.checkpoint import Checkpoint, CheckpointError
 from agent.checkpoint import fingerprint as config_fingerprint
 from agent.config import Config, ReaderConfig, ZoneConfig
 from agent.moments import MomentEvent, MomentRules
+from agent.nudges import NudgePlanner, NudgeStep
 from agent.privacy import EpochKey, Pseudonymizer
 from agent.readbuffer import ReadBuffer
 from agent.timefmt import rfc3339
@@ -192,6 +193,7 @@ class StepResult:
     values: dict[str, dict[str, float]]  # per zone, the values the rules watched
     events: list[MomentEvent]
     metrics: Any  # kernels.ZoneMetrics
+    nudges: NudgeStep | None = None  # venue-wide nudges and the experiment's records
 
 
 @dataclass
@@ -214,7 +216,7 @@ class GatewayCore:
     """One gateway's decisions. Not thread-safe: one owner (the runtime's loop) calls it."""
 
     def __init__(self, cfg: Config, *, key: bytes | EpochKey, max_tags: int | None = None,
-                 started_at: float | None = None) -> None:
+                 started_at: float | None = None, nudge_seed: int | None = None) -> None:
         self.cfg = cfg
         self.topics = Topics(cfg.venue.id, cfg.gateway.id)
         # Rotates by each batch's ts and each tick's now; visits live at a rotation carry over.
@@ -232,6 +234,9 @@ class GatewayCore:
         # moment_id -> {"by": staff name, "at": RFC 3339}: acknowledgements of open moments
         self.acks: dict[str, dict[str, str]] = {}
         self.escalated: set[str] = set()  # moment_ids already dispatched to escalation
+        # Venue-wide nudges and their experiment (agent/nudges.py); nudge_seed seeds the
+        # holdout assignment (None: from the OS, as a gateway runs).
+        self.nudges = NudgePlanner(cfg, self.topics, seed=nudge_seed)
 
     def _live_pseudonyms(self) -> set[int]:
         """The pseudonyms the core holds: the engine's tags and the reads buffered for it."""
@@ -333,10 +338,28 @@ class GatewayCore:
         for ev in events:
             messages.extend(self._moment_messages(ev, values.get(ev.zone, {}), offset))
         messages.extend(self._escalations(now, values, offset))
+        plan = self.nudges.step(now + offset, values)
+        for topic, payload, expiry in plan.nudges:
+            messages.append(Outgoing(topic, payload, qos=1, expiry_s=expiry,
+                                     seq_stream=SEQ_GUARANTEED))
+        if plan.summary is not None:
+            topic = self.topics.experiment()
+            messages.append(Outgoing(topic, plan.summary, qos=1, retain=True,
+                                     seq_stream=SEQ_STATE, coalesce_key=topic))
         self._forget_closed()
         self.ticks += 1
         self.last_step = now
-        return StepResult(now=now, messages=messages, values=values, events=events, metrics=m)
+        return StepResult(now=now, messages=messages, values=values, events=events, metrics=m,
+                          nudges=plan)
+
+    # -- what other gateways publish ------------------------------------------------------
+    def remote_state(self, payload: Mapping[str, Any]) -> bool:
+        """Another gateway's retained zone state (an alternative this gateway follows)."""
+        return self.nudges.remote_state(payload)
+
+    def gateway_status(self, gateway: str, online: bool) -> None:
+        """A gateway's retained status: an offline one's zones are never nudged towards."""
+        self.nudges.gateway_status(gateway, online)
 
     # -- staff acknowledgements -----------------------------------------------------------
     def acknowledge(self, moment_id: str, by: str, at: str) -> bool:
@@ -416,7 +439,8 @@ class GatewayCore:
     # -- payloads -----------------------------------------------------------------------
     def _state_message(self, at: float, z: ZoneConfig, v: Mapping[str, float],
                        method: int, queue_method: int) -> Outgoing:
-        body: dict[str, Any] = {"zone": z.id, "kind": z.kind, "capacity": z.capacity or None}
+        body: dict[str, Any] = {"zone": z.id, "zone_name": z.display_name, "kind": z.kind,
+                                "capacity": z.capacity or None}
         for name, nd in STATE_FIELDS:
             if name == "queue_length" and z.kind != "queue":
                 body[name] = None
