@@ -28,7 +28,7 @@ from agent.config import Config
 from agent.outbox import Outbox
 from agent.privacy import KeyFileError, Rotation, load_or_create_key, store_key
 from agent.sdnotify import Notifier
-from agent.topics import SCHEMA_ACK, SCHEMA_HEALTH, Topics
+from agent.topics import SCHEMA_ACK, SCHEMA_HEALTH, SCHEMA_STATUS, Topics
 from firmware_bridge.records import RawRead
 
 log = logging.getLogger("venue_agent.runtime")
@@ -108,12 +108,27 @@ class Agent:
         self.core = GatewayCore(cfg, key=key, started_at=self.wall())
         self.core.warm_up(self.clock())
         self._restore_checkpoint()
+        self._experiment = self._open_experiment()
         self._checkpoint_task: asyncio.Future[int] | None = None
         from agent import homeassistant
 
         # Published on every connection, retained (empty unless [homeassistant] discovery).
         self._discovery = homeassistant.discovery_configs(cfg)
         self._discovery_messages = homeassistant.discovery_messages(cfg)
+
+    def _open_experiment(self) -> Any:
+        """The nudge experiment's records (the gateway's database), when it has nudges."""
+        if not self.core.nudges.enabled:
+            return None
+        from agent.experiment import OpportunityStore
+
+        try:
+            store = OpportunityStore(self.cfg.db_path)
+        except Exception as e:  # noqa: BLE001 - any storage failure stops start-up, named
+            raise StartupError(f"storage.path: cannot open the experiment records in "
+                               f"{self.cfg.db_path} ({e})") from None
+        self.core.nudges.load_history(store.outcomes())
+        return store
 
     # ------------------------------------------------------------------ checkpoints
     def _restore_checkpoint(self) -> None:
@@ -198,6 +213,12 @@ class Agent:
             # configured are cleared (agent/homeassistant.py).
             subscriptions.append((self.topics.ha_discovery_filter(
                 self.cfg.homeassistant.prefix), 1))
+        if self.core.nudges.enabled:
+            # Venue-wide nudges follow their alternatives' zone state and every gateway's
+            # status (both retained: a gateway that starts later sees them at once).
+            subscriptions.append((self.topics.status_filter, 1))
+            subscriptions += [(self.topics.zone_state(z), 1)
+                              for z in sorted(self.core.nudges.remote_zones)]
         # The will is built per connection (fresh id and at) and for the clean stop.
         return Publisher(settings, self.outbox,
                          will=lambda reason: (self.topics.status, self._status(False, reason)),
@@ -217,7 +238,36 @@ class Agent:
                          "longer configured)", topic)
                 self.publisher.publish_retained(topic, b"")
             return
-        self._on_ack(topic, payload)
+        parts = topic.split("/")
+        if len(parts) == 5 and parts[2] == "zone" and parts[4] == "state":
+            self._on_zone_state(topic, payload)
+        elif len(parts) == 5 and parts[2] == "gateway" and parts[4] == "status":
+            self._on_status(topic, payload)
+        else:
+            self._on_ack(topic, payload)
+
+    def _on_zone_state(self, topic: str, payload: bytes) -> None:
+        """Another gateway's zone state (an alternative of one of this gateway's zones)."""
+        try:
+            msg = json.loads(payload)
+        except ValueError:
+            msg = None
+        if not isinstance(msg, dict) or not self.core.remote_state(msg):
+            log.debug("ignoring zone state on %s", topic)
+
+    def _on_status(self, topic: str, payload: bytes) -> None:
+        """A gateway's status: an offline gateway's zones are not nudged towards."""
+        gateway = topic.split("/")[3]
+        if gateway == self.cfg.gateway.id:
+            return
+        try:
+            msg = json.loads(payload) if payload else {"schema": SCHEMA_STATUS, "online": False}
+        except ValueError:
+            return
+        if isinstance(msg, dict) and msg.get("schema") == SCHEMA_STATUS:
+            online = msg.get("online") is True
+            self.core.gateway_status(gateway, online)
+            log.info("gateway %s is %s", gateway, "online" if online else "offline")
 
     def _on_ack(self, topic: str, payload: bytes) -> None:
         """On the loop: a staff console took a moment (``venue/{venue}/ack/{moment_id}``)."""
@@ -280,6 +330,8 @@ class Agent:
         self._take_inbox()
         result = self.core.step(now, wall)
         self._store_key()
+        if self._experiment is not None and result.nudges is not None:
+            self._record_experiment(result.nudges)
         with self.outbox.batch():  # one transaction (one fsync) per tick
             for msg in result.messages:
                 self.outbox.enqueue(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain,
@@ -300,6 +352,18 @@ class Agent:
                      ev.unit)
         self.tick_ms_last = (time.perf_counter() - t0) * 1000.0
         self.tick_ms_max = max(self.tick_ms_max, self.tick_ms_last)
+
+    def _record_experiment(self, plan: Any) -> None:
+        """The nudge experiment's records, kept so the report survives restarts."""
+        try:
+            for opp in plan.opened:
+                self._experiment.opened(opp)
+                log.info("nudge opportunity %s at %s -> %s: %s", opp.id, opp.zone,
+                         opp.alternative, opp.arm)
+            for opp_id, arrivals in plan.measured:
+                self._experiment.measured(opp_id, arrivals)
+        except Exception as e:  # noqa: BLE001 - a lost record must not stop the gateway
+            log.error("nudge experiment: cannot record (%s)", e)
 
     def _store_key(self) -> None:
         """After a rotation, the new epoch's key replaces the old one on disk."""
@@ -405,6 +469,8 @@ class Agent:
             log.warning("publisher did not stop in 10 s")
         if not pub_task.done():
             pub_task.cancel()
+        if self._experiment is not None:
+            self._experiment.close()
         self.outbox.close()
 
 
