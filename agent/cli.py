@@ -10,13 +10,54 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from agent import __version__
 from agent.config import DEFAULT_BROKER_URL, LOG_LEVELS, ConfigError, load_config, to_toml
 from firmware_bridge.protocols import PROTOCOL_NAMES
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+
+
+class _LazyChoices(Sequence[str]):
+    """Valid values loaded on first use (checking a value, printing help): the scenario
+    list lives in simulators.scenarios, whose import (numpy, the crowd model) would slow
+    every command's start by most of a second."""
+
+    def __init__(self, load: Callable[[], Iterable[str]]) -> None:
+        self._load = load
+        self._items: tuple[str, ...] | None = None
+
+    def _get(self) -> tuple[str, ...]:
+        if self._items is None:
+            self._items = tuple(self._load())
+        return self._items
+
+    def __getitem__(self, i: int) -> str:  # type: ignore[override]
+        return self._get()[i]
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._get()
+
+
+def _scenario_names() -> Iterable[str]:
+    from simulators.scenarios import SCENARIOS
+
+    return SCENARIOS
+
+
+def _command(sub: Any, name: str, help: str, example: str,
+             description: str | None = None) -> argparse.ArgumentParser:
+    """A sub-command whose help ends with an example (kept as written: several lines)."""
+    return sub.add_parser(name, help=help, description=description or help[:1].upper() + help[1:],
+                          epilog="example:\n" + "".join(f"  {line}\n"
+                                                        for line in example.splitlines()),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def _setup_logging(level: str) -> None:
@@ -223,13 +264,13 @@ def _broker_options(s: argparse.ArgumentParser) -> None:
     """The broker options the gateway has, for the consumers (watch, board)."""
     s.add_argument("--broker", default=DEFAULT_BROKER_URL,
                    help="mqtt://host:port, or mqtts://host:port for TLS")
-    s.add_argument("--username")
+    s.add_argument("--username", help="broker user name (default: none)")
     s.add_argument("--password-file", help="a file holding the password")
     s.add_argument("--ca-file", help="CA certificate(s) to verify the broker (mqtts://)")
     s.add_argument("--cert-file", help="client certificate for mutual TLS (mqtts://)")
     s.add_argument("--key-file", help="the client certificate's private key")
     s.add_argument("--protocol", choices=["auto", "5", "3.1.1"], default="auto",
-                   help="MQTT version (auto: 5, falling back to 3.1.1)")
+                   help="MQTT version, one of %(choices)s (auto: 5, falling back to 3.1.1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,46 +280,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"venue-agent {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    s = sub.add_parser("run", help="run the gateway (systemd runs this)")
+    s = _command(sub, "run", "run the gateway (systemd runs this)",
+                 "venue-agent run --config /etc/venue-agent/gateway.toml")
     s.add_argument("--config", required=True, help="gateway config (TOML)")
-    s.add_argument("--log-level", choices=LOG_LEVELS)
+    s.add_argument("--log-level", choices=LOG_LEVELS,
+                   help="one of %(choices)s (default: gateway.log_level of the config)")
     s.add_argument("--duration", type=float, default=0.0,
                    help="stop after this many seconds (0: run until SIGTERM)")
     s.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("check-config", help="validate a config and print it with defaults")
-    s.add_argument("config")
+    s = _command(sub, "check-config", "validate a config and print it with defaults",
+                 "venue-agent check-config /etc/venue-agent/gateway.toml   # exit 2 if bad")
+    s.add_argument("config", help="gateway config (TOML)")
     s.set_defaults(func=cmd_check_config)
 
-    s = sub.add_parser("demo", help="simulated venue + broker + agent + live console")
+    s = _command(sub, "demo", "simulated venue + broker + agent + live console",
+                 "venue-agent demo --duration 90")
     s.add_argument("--duration", type=float, default=None,
                    help="stop after this many seconds (default: run until Ctrl-C)")
     s.add_argument("--broker", choices=["auto", "mosquitto", "embedded"], default="auto",
                    help="auto: the local mosquitto if installed, else an embedded broker")
-    s.add_argument("--seed", type=int, default=7)
+    s.add_argument("--seed", type=int, default=7,
+                   help="random seed of the simulated crowd (default 7)")
     s.add_argument("--workdir", help="keep the demo's files here (default: a temp dir)")
     s.add_argument("--no-console", action="store_true", help="no live view (logs only)")
     s.add_argument("--log-level", default="warning",
-                   choices=LOG_LEVELS)
+                   choices=LOG_LEVELS, help="one of %(choices)s (default: warning)")
     s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("simulate", help="only the virtual readers, for testing a real agent")
-    s.add_argument("--scenario", default="demo_rush")
+    s = _command(sub, "simulate", "only the virtual readers, for testing a real agent",
+                 "venue-agent simulate --scenario demo_rush --dir sim\n"
+                 "venue-agent run --config sim/gateway.toml   # in another terminal")
+    s.add_argument("--scenario", default="demo_rush", choices=_LazyChoices(_scenario_names),
+                   metavar="SCENARIO", help="one of %(choices)s (default: demo_rush)")
     s.add_argument("--dir", required=True,
                    help="where to put the virtual serial ports and the agent config")
     s.add_argument("--broker", default="mqtt://127.0.0.1:1883",
                    help="broker URL written into the generated agent config")
     s.add_argument("--truth", help="write ground truth as JSON lines to this file")
-    s.add_argument("--seed", type=int, default=7)
-    s.add_argument("--duration", type=float, default=None)
-    s.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    s.add_argument("--seed", type=int, default=7,
+                   help="random seed of the simulated crowd (default 7)")
+    s.add_argument("--duration", type=float, default=None,
+                   help="stop after this many seconds (default: the scenario's length + 5 s)")
+    s.add_argument("--log-level", default="info", choices=LOG_LEVELS,
+                   help="one of %(choices)s (default: info)")
     s.set_defaults(func=cmd_simulate)
 
-    s = sub.add_parser("watch", help="dispatch console for staff", description=(
+    s = _command(sub, "watch", "dispatch console for staff",
+                 "venue-agent watch --broker mqtt://broker:1883 --venue park-east "
+                 "--team dino-ops", description=(
         "Staff console: zones, the alert feed newest first, and who took which alert. "
         "Keys: a (or Enter) takes the newest open alert, q quits."))
     _broker_options(s)
-    s.add_argument("--venue", required=True)
+    s.add_argument("--venue", required=True, help="the venue's id")
     s.add_argument("--team", help="only this team's dispatch alerts")
     s.add_argument("--name", help="who takes alerts (default: the OS user)")
     s.add_argument("--ack", metavar="MOMENT_ID",
@@ -286,34 +340,43 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--connect-timeout", type=float, default=30.0, metavar="S",
                    help="exit 1 if the broker never accepts a connection within S seconds "
                    "(0: keep trying; default 30)")
-    s.add_argument("--duration", type=float, default=None)
+    s.add_argument("--duration", type=float, default=None,
+                   help="stop after this many seconds (default: until q or Ctrl-C)")
     s.set_defaults(func=cmd_watch)
 
-    s = sub.add_parser("board", help="live venue board in the browser (and /signage)",
-                       description=(
+    s = _command(sub, "board", "live venue board in the browser (and /signage)",
+                 "venue-agent board --broker mqtt://broker:1883 --venue park-east --port 8080",
+                 description=(
         "Serve a live venue board: every zone's posted wait, queue, forecast and trend, "
         "open moments and current nudges, pushed to the page with Server-Sent Events. "
         "/signage shows large wait times only, for guests."))
     _broker_options(s)
-    s.add_argument("--venue", required=True)
+    s.add_argument("--venue", required=True, help="the venue's id")
     s.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
-    s.add_argument("--duration", type=float, default=None)
-    s.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    s.add_argument("--duration", type=float, default=None,
+                   help="stop after this many seconds (default: until Ctrl-C)")
+    s.add_argument("--log-level", default="info", choices=LOG_LEVELS,
+                   help="one of %(choices)s (default: info)")
     s.set_defaults(func=cmd_board)
 
-    s = sub.add_parser("decode", help="reader bytes (stdin or --port) -> JSON lines")
-    s.add_argument("--protocol", required=True, choices=PROTOCOL_NAMES)
+    s = _command(sub, "decode", "reader bytes (stdin or --port) -> JSON lines",
+                 "venue-agent decode --protocol em4100 --port /dev/ttyUSB0\n"
+                 "venue-agent decode --protocol uhf-m100 < capture.bin")
+    s.add_argument("--protocol", required=True, choices=PROTOCOL_NAMES,
+                   help="the reader's protocol, one of %(choices)s")
     s.add_argument("--port", help="read from this pyserial URL instead of stdin")
     s.set_defaults(func=cmd_decode)
 
-    s = sub.add_parser("doctor", help="check a gateway: config, ports, storage, broker")
-    s.add_argument("--config", required=True)
+    s = _command(sub, "doctor", "check a gateway: config, ports, storage, broker",
+                 "venue-agent doctor --config /etc/venue-agent/gateway.toml")
+    s.add_argument("--config", required=True, help="gateway config (TOML)")
     s.add_argument("--listen-s", type=float, default=3.0,
                    help="seconds to listen to an EM4100 reader for a frame (default 3)")
     s.set_defaults(func=cmd_doctor)
 
-    s = sub.add_parser("acl", help="Mosquitto ACL + password-file template from gateway configs")
+    s = _command(sub, "acl", "Mosquitto ACL + password-file template from gateway configs",
+                 "venue-agent acl gw-01.toml gw-02.toml --out /etc/mosquitto/venue-agent")
     s.add_argument("configs", nargs="+", metavar="CONFIG",
                    help="every gateway config of the venue")
     s.add_argument("--out", help="write venue-agent.acl and passwd.template into this directory "
@@ -324,10 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a board user (repeatable; default: board)")
     s.set_defaults(func=cmd_acl)
 
-    s = sub.add_parser("init", help="write a starter gateway config", description=(
+    s = _command(sub, "init", "write a starter gateway config",
+                 "venue-agent init --venue park-east --gateway gw-01 "
+                 "--out /etc/venue-agent/gateway.toml", description=(
         "Write a starter gateway config (one queue with an entry and an exit reader) that "
-        "check-config accepts; edit its zones and readers. Example: venue-agent init "
-        "--venue park-east --gateway gw-01 --out /etc/venue-agent/gateway.toml"))
+        "check-config accepts; edit its zones and readers."))
     s.add_argument("--venue", required=True, help="the venue's id ([a-z0-9-])")
     s.add_argument("--gateway", required=True, help="this gateway's id ([a-z0-9-])")
     s.add_argument("--broker", default=DEFAULT_BROKER_URL,
@@ -336,17 +400,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace an existing --out file")
     s.set_defaults(func=cmd_init)
 
-    s = sub.add_parser("contract", help="write the MQTT contract: AsyncAPI + JSON Schemas",
-                       description=(
+    s = _command(sub, "contract", "write the MQTT contract: AsyncAPI + JSON Schemas",
+                 "venue-agent contract --out docs\nvenue-agent contract --out docs --check",
+                 description=(
         "Write asyncapi.yaml and schemas/*.json (the topic contract, generated from "
-        "agent/contract.py) into a directory. Example: venue-agent contract --out docs"))
+        "agent/contract.py) into a directory."))
     s.add_argument("--out", default="docs", help="the directory (default: docs)")
     s.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 if the files there differ from the code")
     s.set_defaults(func=cmd_contract)
 
-    s = sub.add_parser("bench", help="run the benchmarks (source checkout)")
-    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s = _command(sub, "bench", "run the benchmarks (source checkout)",
+                 "venue-agent bench --quick")
+    s.add_argument("rest", nargs=argparse.REMAINDER, metavar="ARGS",
+                   help="passed to bench/run.py (--quick: a bounded run; --help: its options)")
     s.set_defaults(func=cmd_bench)
     return p
 
