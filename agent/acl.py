@@ -5,7 +5,10 @@
 - each **gateway** may write only its own gateway topics (``status``, which is also its Last
   Will, and ``health``) and, for the zones its config owns, ``zone/{zone}/state``,
   ``moment/{zone}/+`` and ``nudge/{zone}``, plus ``dispatch/{team}`` for every team its zones
-  and ``moments.reader_team`` name; it reads the acknowledgement topics ``ack/#``; with
+  and ``moments.reader_team`` name; it reads the acknowledgement topics ``ack/#``; a
+  gateway with venue-wide nudges (``zones[].alternatives``) also writes its
+  ``experiment/nudges/{gateway}`` summary and reads every gateway's ``status`` and the
+  ``zone/{zone}/state`` of the alternatives other gateways own; with
   ``[homeassistant] discovery`` it also writes and reads its own discovery configs
   (``{prefix}/sensor/{venue}_{gateway}/+/config``);
 - **staff consoles** (``--staff-user``, default ``staff``) read everything of the venue and
@@ -132,6 +135,12 @@ def gateway_grant(cfg: Config) -> GatewayGrant:
         write += [t.zone_state(z), t.moment(z, ANY), t.nudge(z)]
     write += [t.dispatch(team) for team in teams]
     read = [t.ack_filter]
+    alternatives = sorted({a.zone for z in cfg.zones for a in z.alternatives} - set(zones))
+    if any(z.alternatives for z in cfg.zones):
+        # Venue-wide nudges: its experiment summary; the zone state of the alternatives
+        # other gateways own, and every gateway's status (an offline one withdraws).
+        write.append(t.experiment())
+        read += [t.status_filter, *(t.zone_state(a) for a in alternatives)]
     if cfg.homeassistant.discovery:
         # Its own discovery configs: written, and read back to clear removed zones' ones.
         own = t.ha_discovery_filter(cfg.homeassistant.prefix)

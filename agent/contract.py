@@ -26,9 +26,11 @@ from typing import Any
 from agent.config import ID_RE, BrokerConfig
 from agent.gateway import MOMENT_CONTEXT, STATE_FIELDS
 from agent.ids import CROCKFORD32
+from agent.nudges import WITHDRAW_REASONS
 from agent.topics import (
     SCHEMA_ACK,
     SCHEMA_DISPATCH,
+    SCHEMA_EXPERIMENT,
     SCHEMA_HEALTH,
     SCHEMA_MOMENT,
     SCHEMA_NUDGE,
@@ -129,6 +131,10 @@ CHANNELS: tuple[Channel, ...] = (
             "A staff console took a moment (venue-agent watch writes it, retained); the "
             "gateway that owns the moment records who took it and stops escalating it.",
             action="receive"),
+    Channel("experiment", _T.experiment("nudges"), SCHEMA_EXPERIMENT, 1, True,
+            "Nudge experiment", "The gateway's venue-wide nudge experiment so far: measured "
+            "opportunities per arm, the uplift of arrivals at the alternative with its 95 % "
+            "interval; retained, replaced when an opportunity is measured."),
 )
 
 
@@ -272,6 +278,8 @@ def _zone_state() -> dict[str, Any]:
         "zone": _d("The zone's id.", _REF_ID),
         "kind": _d("queue: a line with entry and exit readers; area: a walk-in area.",
                    {"type": "string", "enum": ["queue", "area"]}),
+        "zone_name": _d("The zone's display name (config zones.name, else its id).",
+                        {"type": "string", "minLength": 1}),
         "capacity": _d("People the zone holds (config zones.capacity); null if unknown.",
                        _nullable({"type": "integer", "minimum": 1})),
         **_metric_docs(fields),
@@ -397,10 +405,74 @@ def _nudge() -> dict[str, Any]:
                           "expiry; on MQTT 3.1.1 only here).", {"type": "integer",
                                                                "minimum": 1}),
     }
+    required = list(props)
+    props.update({
+        "kind": _d("alternative: a venue-wide nudge from this (long) line to another zone; "
+                   "absent: a wait_short offer of this zone itself.",
+                   {"type": "string", "enum": ["alternative"]}),
+        "status": _d("alternative nudges: active (show it) or withdrawn (stop showing the "
+                     "offer with this moment_id at once).",
+                     {"type": "string", "enum": ["active", "withdrawn"]}),
+        "reason": _d("withdrawn: why (" + ", ".join(WITHDRAW_REASONS) + ").",
+                     {"type": "string", "enum": list(WITHDRAW_REASONS)}),
+        "alternative": _d(
+            "alternative nudges: where to go instead. wait_s is the wait projected for a guest "
+            "who arrives after the walk (from the alternative's forecast).",
+            {"type": "object", "required": ["zone", "zone_name", "gateway", "wait_s", "walk_s"],
+             "properties": {"zone": _REF_ID, "zone_name": {"type": "string", "minLength": 1},
+                            "gateway": _REF_ID, "wait_s": _NONNEG,
+                            "walk_s": {"type": "number", "exclusiveMinimum": 0}}}),
+    })
     return _object(SCHEMA_NUDGE, "Guest nudge",
-                   "A guest-facing offer while a wait_short moment is open. Part of the "
-                   "guaranteed stream; never deliver it after valid_for_s.",
-                   props, list(props), stored=True, guaranteed=True)
+                   "A guest-facing offer: while a wait_short moment is open, or (kind "
+                   "alternative) a venue-wide offer of a shorter line elsewhere, withdrawn by a "
+                   "status withdrawn message when its reason ends. Part of the guaranteed "
+                   "stream; never deliver it after valid_for_s. The opportunity's moment_id "
+                   "is a new ULID per experiment window.",
+                   props, required, stored=True, guaranteed=True,
+                   extra={"if": {"required": ["kind"]},
+                          "then": {"required": ["status", "alternative"]}})
+
+
+def _experiment() -> dict[str, Any]:
+    arrivals = _nullable(_NUM)
+    est: dict[str, Any] = {
+        "opportunities": _d("Measured opportunities (both arms).", _COUNT),
+        "sent": _d("Measured opportunities whose nudge was sent.", _COUNT),
+        "held_out": _d("Measured opportunities held out (no nudge).", _COUNT),
+        "sent_mean": _d("Mean arrivals at the alternative per sent window (guests).",
+                        arrivals),
+        "held_out_mean": _d("Mean arrivals per held-out window (guests).", arrivals),
+        "uplift_arrivals": _d("Extra arrivals at the alternative per opportunity due to the "
+                              "nudge (covariate-adjusted difference of the arms' means); null "
+                              "before two measured opportunities in each arm.", arrivals),
+        "ci_low": _d("Lower end of the 95 % interval of uplift_arrivals.", arrivals),
+        "ci_high": _d("Upper end of the 95 % interval of uplift_arrivals.", arrivals),
+        "uplift_pct": _d("uplift_arrivals relative to held_out_mean, percent.", arrivals),
+        "adjusted": _d("The covariate adjustment (arrivals before each opportunity) was "
+                       "applied.", {"type": "boolean"}),
+        "rough": _d("An arm has fewer than 10 measured opportunities: the interval is rough.",
+                    {"type": "boolean"}),
+    }
+    props: dict[str, Any] = {
+        "experiment": _d("Which experiment: nudges.", {"type": "string", "const": "nudges"}),
+        "holdout": _d("moments.nudge_holdout: the share of opportunities held out.",
+                      {"type": "number", "minimum": 0, "maximum": 1}),
+        "window_s": _d("One opportunity's window (s): the arrivals measured from one walk "
+                       "after it began, for this long.", {"type": "number", "minimum": 0}),
+        "since": _d("When the first measured opportunity began; null before any.",
+                    _nullable(_REF_TIME)),
+        **est,
+        "by_alternative": _d("The same per (zone, alternative) pair.", {
+            "type": "array", "items": {"type": "object",
+                                       "required": ["zone", "alternative", *est],
+                                       "properties": {"zone": _REF_ID,
+                                                      "alternative": _REF_ID, **est}}}),
+    }
+    return _object(SCHEMA_EXPERIMENT, "Nudge experiment",
+                   "One gateway's venue-wide nudge experiment so far (see docs/staff.md), "
+                   "retained; replaced whenever an opportunity is measured.", props,
+                   list(props), stored=True)
 
 
 def _status() -> dict[str, Any]:
@@ -519,7 +591,7 @@ def _ack() -> dict[str, Any]:
 
 _BUILDERS = {SCHEMA_STATUS: _status, SCHEMA_HEALTH: _health, SCHEMA_ZONE_STATE: _zone_state,
              SCHEMA_MOMENT: _moment, SCHEMA_DISPATCH: _dispatch, SCHEMA_NUDGE: _nudge,
-             SCHEMA_ACK: _ack}
+             SCHEMA_ACK: _ack, SCHEMA_EXPERIMENT: _experiment}
 
 
 def schemas() -> dict[str, dict[str, Any]]:
@@ -534,6 +606,11 @@ _MOMENT_ID = "01JWJ3Q8ZQ4T5V6W7X8Y9Z0ABC"
 _EX_METRICS = {"queue_length": 212.0, "occupancy": 240.0, "wait_s": 2580.0,
                "wait_joining_s": 2890.0, "wait_forecast_s": 3120.0, "dwell_p90_s": 2710.0,
                "throughput_per_min": 4.4}
+
+
+_EX_ESTIMATE = {"opportunities": 212, "sent": 171, "held_out": 41, "sent_mean": 118.4,
+                "held_out_mean": 97.9, "uplift_arrivals": 20.1, "ci_low": 14.2, "ci_high": 26.0,
+                "uplift_pct": 20.5, "adjusted": True, "rough": False}
 
 
 def examples() -> dict[str, dict[str, Any]]:
@@ -584,6 +661,11 @@ def examples() -> dict[str, dict[str, Any]]:
             zone_name="Jungle Cruise", wait_s=540.0,
             message="Jungle Cruise is a 9-minute wait for anyone joining now",
             valid_for_s=300),
+        SCHEMA_EXPERIMENT: env(
+            SCHEMA_EXPERIMENT, "01JWJ3Q8ZQ0000000000000008", seq=21880, experiment="nudges",
+            holdout=0.2, window_s=900.0, since="2025-05-20T10:15:00.000Z", **_EX_ESTIMATE,
+            by_alternative=[{"zone": "dino-queue", "alternative": "jungle-queue",
+                             **_EX_ESTIMATE}]),
         SCHEMA_ACK: {"schema": SCHEMA_ACK, "id": "01JWJ3Q8ZQ0000000000000007",
                      "venue": _EX["venue"], "at": _AT, "moment_id": _MOMENT_ID, "by": "ana",
                      "gateway": _EX["gateway"], "zone": "dino-queue", "kind": "queue_long"},

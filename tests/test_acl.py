@@ -212,3 +212,28 @@ def test_shipped_acl_is_the_generated_one(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.chdir(ROOT)
     assert cli.main(["acl", "config/example-venue.toml"]) == 0
     assert capsys.readouterr().out == (ROOT / "config" / "mosquitto.acl").read_text()
+
+
+def test_a_gateway_with_alternatives_reads_their_state_and_statuses() -> None:
+    """Venue-wide nudges: the gateway owning the long line follows the alternative other
+    gateways own and every gateway's status, and writes its experiment summary; nothing
+    more (not the state of zones it does not nudge to)."""
+    import dataclasses
+
+    from agent.config import AlternativeConfig
+
+    a = parsed("gw-a", {"zone-a1": "operations", "zone-a2": "operations"})
+    a = dataclasses.replace(a, zones=(dataclasses.replace(
+        a.zones[0], alternatives=(AlternativeConfig("zone-b", 240.0),
+                                  AlternativeConfig("zone-a2", 60.0))), a.zones[1]))
+    b = parsed("gw-b", {"zone-b": "operations"}, extra='[moments]\nreader_team = "tech-b"')
+    acl = rules(render_acl(plan_acl([a, b])))
+    t = Topics("park-east", "gw-a")
+    gw_a = acl["venue-agent-park-east-gw-a"]
+    assert f"write {t.experiment()}" in gw_a
+    assert [r for r in gw_a if r.startswith("read")] == [
+        f"read {t.ack_filter}", "read venue/park-east/gateway/+/status",
+        "read venue/park-east/zone/zone-b/state"]
+    gw_b = acl["venue-agent-park-east-gw-b"]
+    assert not any("experiment" in r or "/status" in r for r in gw_b if r.startswith("read"))
+    assert not any("experiment" in r for r in gw_b)

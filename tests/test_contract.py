@@ -29,6 +29,7 @@ from agent.gateway import MOMENT_CONTEXT, STATE_FIELDS, GatewayCore, Outgoing
 from agent.topics import (
     SCHEMA_ACK,
     SCHEMA_DISPATCH,
+    SCHEMA_EXPERIMENT,
     SCHEMA_HEALTH,
     SCHEMA_MOMENT,
     SCHEMA_NUDGE,
@@ -43,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 VENDOR = DOCS / "vendor" / "asyncapi"
 ALL_SCHEMAS = (SCHEMA_STATUS, SCHEMA_HEALTH, SCHEMA_ZONE_STATE, SCHEMA_MOMENT, SCHEMA_DISPATCH,
-               SCHEMA_NUDGE, SCHEMA_ACK)
+               SCHEMA_NUDGE, SCHEMA_ACK, SCHEMA_EXPERIMENT)
 
 
 # ----------------------------------------------------------------------------- documents
@@ -117,7 +118,8 @@ def test_the_channels_are_the_topics_of_agent_topics() -> None:
     concrete = {"status": t.status, "health": t.health, "zoneState": t.zone_state("dino-q"),
                 "moment": t.moment("dino-q", "queue_long"),
                 "gatewayMoment": t.gateway_moment("data_dropped"), "dispatch": t.dispatch("ops"),
-                "nudge": t.nudge("dino-q"), "ack": t.ack("01JWJ3Q8ZQ4T5V6W7X8Y9Z0ABC")}
+                "nudge": t.nudge("dino-q"), "ack": t.ack("01JWJ3Q8ZQ4T5V6W7X8Y9Z0ABC"),
+                "experiment": t.experiment()}
     assert [c.key for c in contract.CHANNELS] == list(concrete)
     for key, topic in concrete.items():
         channel, params = contract.channel_for_topic(topic)

@@ -276,3 +276,22 @@ def test_bad_experiment_settings_name_the_key(line: str) -> None:
     with pytest.raises(ConfigError) as e:
         parse_config(text, "gw.toml")
     assert e.value.key == "moments." + line.split(" ")[0]
+
+
+def test_nudges_withdrawals_and_the_summary_follow_the_contract() -> None:
+    from tests.contract_check import assert_valid
+
+    p = _planner()
+    p.remote_state(_state("jungle-queue", T0))
+    (topic, active, _e), = p.step(T0, _values(2700.0)).nudges
+    assert_valid(topic, dict(active, seq=1))  # the outbox adds seq
+    p.gateway_status("gw-b", False)
+    (topic, withdrawn, _e), = p.step(T0 + 1, _values(2700.0)).nudges
+    assert_valid(topic, dict(withdrawn, seq=2))
+    p.gateway_status("gw-b", True)
+    for k in (1, 2, 3):
+        t = T0 + 240 + 300 * k + 0.5
+        p.remote_state(_state("jungle-queue", t, apm=6.0))
+        out = p.step(t, _values(2700.0))
+    assert out.summary is not None
+    assert_valid(p.topics.experiment(), dict(out.summary, seq=3))
