@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck bench accuracy soak fuzz clean deps-test deps-demo system-deps
+.PHONY: demo test lint typecheck bench accuracy scale soak fuzz clean deps-test deps-demo system-deps
 
 $(VENV)/bin/python:
 	$(PY) -m venv $(VENV)
@@ -49,6 +49,12 @@ bench: deps-test
 # Writes bench/out/accuracy.json.
 accuracy: deps-test
 	$(BIN)/python bench/accuracy.py --out bench/out/accuracy.json --plots bench/out
+
+# A venue's worth of gateways (SCALE_GATEWAYS, default 200) on a 3-node NATS JetStream
+# cluster (MQTT 3.1.1), a consumer group of 3, one node SIGKILLed mid-run and restarted.
+# Writes bench/out/scale.json; fails on loss, seq gaps, p99 >= 500 ms or a stall >= 10 s.
+scale: deps-test
+	$(BIN)/python bench/scale.py --gateways $${SCALE_GATEWAYS:-200} --out bench/out/scale.json
 
 soak: deps-test
 	$(BIN)/python -m pytest -m soak -s $(PYTEST_ARGS)

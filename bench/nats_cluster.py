@@ -126,8 +126,8 @@ class NatsCluster:
         self.binary = nats_server_binary()
         ports = _free_ports(4 * nodes)
         self.nodes = [
-            _Node(i, f"n{i + 1}", *ports[4 * i:4 * i + 4],
-                  config=self.root / f"n{i + 1}.conf", log=self.root / f"n{i + 1}.log",
+            _Node(i, f"n{i + 1}", ports[4 * i], ports[4 * i + 1], ports[4 * i + 2],
+                  ports[4 * i + 3], config=self.root / f"n{i + 1}.conf", log=self.root / f"n{i + 1}.log",
                   store=self.root / f"n{i + 1}-js")
             for i in range(nodes)
         ]
@@ -224,8 +224,8 @@ mqtt {{
     def meta_leader(self, index: int) -> str | None:
         """The JetStream meta leader node ``index`` sees (from its ``/jsz``), or None."""
         info = self.monitor(index, "jsz")
-        meta = (info or {}).get("meta_cluster") or {}
-        leader = meta.get("leader")
+        meta = (info or {}).get("meta_cluster")
+        leader = meta.get("leader") if isinstance(meta, dict) else None
         if leader:
             return str(leader)
         if len(self.nodes) == 1 and info is not None and not info.get("disabled", True):
