@@ -26,6 +26,7 @@ from typing import Any
 import tomli_w
 
 from agent.config import load_config
+from agent.progress import progress
 
 log = logging.getLogger("venue_agent.demo")
 
@@ -143,7 +144,9 @@ def run_demo(*, duration_s: float | None, broker: str = "auto", seed: int = 7,
         cfg = load_config(cfg_path)
         print(f"agent config: {cfg_path}", file=out, flush=True)
         agent = AgentThread(cfg)
-        agent.start()
+        # A cold numba cache compiles the kernels first: seconds on a desktop, minutes on a Pi.
+        with progress("starting the agent (a cold start compiles the kernels)"):
+            agent.start()
         if agent.error is not None:
             raise agent.error
         venue.start(delay_s=1.0)  # the agent opens the ports first
@@ -162,8 +165,10 @@ def run_demo(*, duration_s: float | None, broker: str = "auto", seed: int = 7,
                   file=out, flush=True)
         else:
             end = time.monotonic() + duration_s
-            while time.monotonic() < end and not interrupted.is_set():
-                time.sleep(0.2)
+            with progress(f"demo {scenario.name}", total=duration_s) as advance:
+                while time.monotonic() < end and not interrupted.is_set():
+                    time.sleep(0.2)
+                    advance(0.2)
     except KeyboardInterrupt:
         pass
     finally:
@@ -200,10 +205,13 @@ def run_simulate(*, scenario: str, workdir: Path, broker_url: str, seed: int,
     for rid, path in venue.reader_paths.items():
         print(f"reader {rid}: {path}", flush=True)
     venue.start()
-    end = time.monotonic() + (duration_s if duration_s is not None else sc.duration_s + 5.0)
+    total = duration_s if duration_s is not None else sc.duration_s + 5.0
+    end = time.monotonic() + total
     try:
-        while time.monotonic() < end:
-            time.sleep(0.2)
+        with progress(f"simulating {sc.name}", total=total) as advance:
+            while time.monotonic() < end:
+                time.sleep(0.2)
+                advance(0.2)
     except KeyboardInterrupt:
         pass
     finally:

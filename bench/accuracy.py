@@ -726,34 +726,40 @@ def evaluate(
     log: Any = None,
 ) -> dict[str, Any]:
     """Run every scenario and seed; return the report (see the module docstring)."""
+    from agent.progress import progress
+
     horizon = MomentsConfig().forecast_horizon_s
     overall = Tally()
     report: dict[str, Any] = {"scenarios": {}}
-    for name in names:
-        tally = Tally()
-        secs = 0.0
-        for seed in seeds:
-            run = run_one(name, seed, (durations or {}).get(name))
-            if run.evictions:
-                raise RuntimeError(f"{name}: {run.evictions} evictions: raise MAX_TAGS")
-            tally.merge(score(run, horizon))
-            secs += run.seconds
-            if plots is not None and seed == seeds[0]:
-                plot_run(run, plots / f"accuracy_{name}.png")
-        summary = tally.summary()
-        summary["simulated_h"] = round(float(run.t[-1]) / 3600.0, 2)
-        summary["seconds"] = round(secs, 1)
-        summary["queue_long_min"] = {
-            z: v / MIN for z, v in SETUPS[name].queue_long_s.items()}
-        summary["setup"] = SETUPS[name].note
-        if name in SCENARIO_TARGETS:
-            summary["targets"] = {k: f"{op} {v}" for k, (op, v) in SCENARIO_TARGETS[name].items()}
-            summary["met"] = {k: meets(summary.get(k), op, v)
-                              for k, (op, v) in SCENARIO_TARGETS[name].items()}
-        report["scenarios"][name] = summary
-        overall.merge(tally)
-        if log:
-            log(line(name, summary))
+    names = tuple(names)
+    # One step per scenario run (a scenario and seed): on stderr, only on a terminal.
+    with progress("accuracy: scenario runs", total=len(names) * len(seeds)) as advance:
+        for name in names:
+            tally = Tally()
+            secs = 0.0
+            for seed in seeds:
+                run = run_one(name, seed, (durations or {}).get(name))
+                if run.evictions:
+                    raise RuntimeError(f"{name}: {run.evictions} evictions: raise MAX_TAGS")
+                tally.merge(score(run, horizon))
+                advance(1)
+                secs += run.seconds
+                if plots is not None and seed == seeds[0]:
+                    plot_run(run, plots / f"accuracy_{name}.png")
+            summary = tally.summary()
+            summary["simulated_h"] = round(float(run.t[-1]) / 3600.0, 2)
+            summary["seconds"] = round(secs, 1)
+            summary["queue_long_min"] = {
+                z: v / MIN for z, v in SETUPS[name].queue_long_s.items()}
+            summary["setup"] = SETUPS[name].note
+            if name in SCENARIO_TARGETS:
+                summary["targets"] = {k: f"{op} {v}" for k, (op, v) in SCENARIO_TARGETS[name].items()}
+                summary["met"] = {k: meets(summary.get(k), op, v)
+                                  for k, (op, v) in SCENARIO_TARGETS[name].items()}
+            report["scenarios"][name] = summary
+            overall.merge(tally)
+            if log:
+                log(line(name, summary))
     report["overall"] = overall.summary()
     rush = report["scenarios"].get("morning_rush", {})
     report["overall"]["forecast_lead_min_all"] = report["overall"]["forecast_lead_min"]

@@ -231,17 +231,22 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    from agent.progress import progress
+
     started = time.monotonic()
     before = pin_to_one_core()
     try:
-        figures = kernel_figures(sizes, log)
+        with progress("bench: kernels"):  # a spinner and the elapsed time, on a terminal
+            figures = kernel_figures(sizes, log)
     finally:
         if before is not None:
             os.sched_setaffinity(0, before)  # the agent gets the whole machine, as in service
     detail = figures.pop("detail")
     if not args.skip_agent:
         log("agent: cold start, warm starts, steady RSS")
-        with tempfile.TemporaryDirectory(prefix="venue-agent-bench-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="venue-agent-bench-") as tmp, progress(
+            "bench: agent start-up and RSS"
+        ):
             agent = startup.measure_agent(
                 Path(tmp), warm_repeats=sizes.warm_repeats, steady_s=sizes.steady_s
             )
