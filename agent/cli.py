@@ -141,6 +141,26 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_tail(args: argparse.Namespace) -> int:
+    from agent.share import TailError, TailOptions, run_tail
+
+    opts = TailOptions(
+        broker=args.broker, venue=args.venue, group=args.share, filters=tuple(args.filter or ()),
+        member=args.member, username=args.username, password_file=args.password_file,
+        ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file,
+        grace_s=args.gap_grace, sync_s=args.sync, connect_timeout_s=args.connect_timeout,
+        duration_s=args.duration)
+    try:
+        asyncio.run(run_tail(opts, sys.stdout, err=sys.stderr))
+    except ValueError as e:
+        print(f"venue-agent: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except TailError as e:
+        print(f"venue-agent: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    return EXIT_OK
+
+
 def cmd_board(args: argparse.Namespace) -> int:
     from agent.board import run_board
 
@@ -359,6 +379,43 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-level", default="info", choices=LOG_LEVELS,
                    help="one of %(choices)s (default: info)")
     s.set_defaults(func=cmd_board)
+
+    s = _command(sub, "tail", "central consumer: one JSON line per message, gaps, duplicates",
+                 "venue-agent tail --share central --broker mqtts://broker:8883 --venue park-east"
+                 " \\\n    --ca-file ca.pem --username central --password-file central.pw\n"
+                 "venue-agent tail --share central --broker nats://nats:4222 --venue +",
+                 description=(
+        "Print the venue's guaranteed stream (moments, dispatches, nudges) as one JSON line "
+        "per message ({topic, payload, member}), deduped on id, with {\"gap\": ...} and "
+        "{\"duplicate\": ...} lines of their own. With --share GROUP several members share "
+        "the load: an MQTT 5 shared subscription ($share/GROUP/...) or, with a nats:// URL, a "
+        "NATS queue group; the members merge their ledgers so that each gap is reported once "
+        "by the group (docs/central.md)."))
+    s.add_argument("--broker", default=DEFAULT_BROKER_URL,
+                   help="mqtt://host:port, mqtts://host:port (TLS), nats://host:port or "
+                   "tls://host:port (NATS over TLS)")
+    s.add_argument("--venue", required=True, help="the venue's id, or + for every venue")
+    s.add_argument("--share", metavar="GROUP",
+                   help="join consumer group GROUP: each message goes to one member")
+    s.add_argument("--member", metavar="NAME",
+                   help="this member's name in the group (default: host-pid-random)")
+    s.add_argument("--filter", action="append", metavar="TOPIC_FILTER",
+                   help="an MQTT topic filter instead of the guaranteed stream (repeatable; "
+                   "gap reports assume the whole guaranteed stream is covered)")
+    s.add_argument("--username", help="the broker user name")
+    s.add_argument("--password-file", help="a file holding the password")
+    s.add_argument("--ca-file", help="CA certificate(s) to verify the broker (TLS)")
+    s.add_argument("--cert-file", help="client certificate for mutual TLS")
+    s.add_argument("--key-file", help="the client certificate's private key")
+    s.add_argument("--gap-grace", type=float, default=10.0, metavar="S",
+                   help="report a missing seq after S seconds unseen by the group (default 10)")
+    s.add_argument("--sync", type=float, default=1.0, metavar="S",
+                   help="seconds between the members' ledger exchanges (default 1)")
+    s.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
+                   help="exit 1 if the broker is unreachable for S seconds (default 10)")
+    s.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="stop after S seconds (default: until SIGTERM or Ctrl-C)")
+    s.set_defaults(func=cmd_tail)
 
     s = _command(sub, "decode", "reader bytes (stdin or --port) -> JSON lines",
                  "venue-agent decode --protocol em4100 --port /dev/ttyUSB0\n"

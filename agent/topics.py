@@ -43,6 +43,13 @@ SEQ_STATE = "state"
 ANY = "+"  # one topic level, any value (subscriptions only)
 
 
+def share_ledger_topic(group: str) -> str:
+    """Where the members of a central consumer group (``venue-agent tail --share GROUP``)
+    publish their merged ledgers (QoS 1, not retained); on NATS the subject
+    ``central.{group}.ledger``. Outside ``venue/``: a group may read many venues."""
+    return f"central/{group}/ledger"
+
+
 class Topics:
     """Topic names for one gateway (or, with ``gateway=ANY``, filters over a venue's)."""
 
