@@ -369,8 +369,11 @@ def judge(r: ScaleReport) -> list[str]:
 
 
 def run_scale(settings: ScaleSettings, workdir: Path | None = None,
-              log: Any = print) -> ScaleReport:
-    """Start the cluster, the consumer group and the gateways; kill and restart a node; tally."""
+              log: Any = print, inspect: Any = None) -> ScaleReport:
+    """Start the cluster, the consumer group and the gateways; kill and restart a node; tally.
+
+    ``inspect(cluster)``, when given, is called once the gateways have stopped, before the
+    cluster does (a test reads the retained state of every node there)."""
     from agent.timefmt import parse_rfc3339
 
     with contextlib.ExitStack() as stack:
@@ -435,6 +438,8 @@ def run_scale(settings: ScaleSettings, workdir: Path | None = None,
             p.join(timeout=30)
         if bad:
             raise RuntimeError(f"a gateway worker failed (exit codes {bad})")
+        if inspect is not None:
+            inspect(cluster)
         produced: dict[str, Any] = {}
         for w in range(workers):
             produced.update(json.loads((root / f"worker{w}.json").read_text()))

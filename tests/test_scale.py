@@ -1,0 +1,83 @@
+"""A bounded `make scale`: 20 gateways on a 3-node NATS cluster, one node SIGKILLed mid-run.
+
+It drives bench/scale.py's own run (real Agents, outboxes and publishers in worker processes,
+a nats-py consumer group of 3, a real nats-server cluster) and fails on any loss, any ``seq``
+gap of a gateway's guaranteed stream, or a consumer that handed on an ``id`` twice. It also
+checks that every gateway fails over (reconnects), talks MQTT 3.1.1 to NATS, and that every
+zone's retained state is the same on every node of the cluster afterwards. Latency and stall
+limits are `make scale`'s (they depend on what else the machine runs).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.nats_cluster import NatsCluster, nats_server_binary
+from bench.scale import VENUE, ScaleSettings, gateway_id, run_scale
+from tests.mqtt_helpers import Collector, wait_for
+
+pytestmark = pytest.mark.e2e
+
+GATEWAYS = 20
+ZONES_PER_GATEWAY = 3  # the demo venue's dino-queue, jungle-queue and plaza
+
+
+def test_nats_cluster_kill_and_restart(tmp_path: Path) -> None:
+    nats_server_binary()  # fails (never skips) naming the package when it is missing
+    with NatsCluster(tmp_path) as cluster:
+        assert len(cluster.mqtt_urls) == 3 and all(
+            u.startswith("mqtt://127.0.0.1:") for u in cluster.mqtt_urls)
+        for conf in tmp_path.glob("n*.conf"):  # nothing listens beyond loopback
+            text = conf.read_text()
+            assert "0.0.0.0" not in text and text.count("127.0.0.1") >= 4
+        cluster.kill(1)
+        assert not cluster.alive(1)
+        assert cluster.meta_leader(0) is not None or cluster.meta_leader(2) is not None
+        cluster.restart(1)
+        assert cluster.alive(1) and cluster.meta_leader(1) is not None
+        assert all((cluster.rss_mb(i) or 0) > 0 for i in range(3))
+
+
+def test_scale_bounded_no_loss_no_gap(tmp_path: Path) -> None:
+    retained: dict[int, dict[str, Any]] = {}
+
+    def read_retained(cluster: NatsCluster) -> None:
+        # Every zone's retained state, read from each node in turn.
+        for i, url in enumerate(cluster.mqtt_urls):
+            with Collector(url, f"venue/{VENUE}/zone/+/state") as sub:
+                want = GATEWAYS * ZONES_PER_GATEWAY
+                wait_for(lambda s=sub, w=want: len({m.topic for m in s.messages}) >= w, 20,
+                         f"retained zone state of {want} zones from node {i + 1}")
+                retained[i] = {m.topic: json.loads(m.payload) for m in sub.messages
+                               if m.retain}
+
+    settings = ScaleSettings(gateways=GATEWAYS, duration_s=40.0, kill_at_s=12.0, down_s=3.0,
+                             workers=2, drain_s=20.0)
+    t0 = time.monotonic()
+    report = run_scale(settings, tmp_path, log=lambda _m: None, inspect=read_retained)
+    assert time.monotonic() - t0 < 150
+
+    assert report.messages > GATEWAYS * ZONES_PER_GATEWAY * 20  # state every tick, mostly
+    assert report.lost == 0, report
+    assert report.seq_gaps == 0, report
+    assert report.undelivered_duplicates == 0, report  # every member deduped on the id
+    assert report.node_killed == "n1"
+    assert report.unsent_at_end == 0, report
+    assert report.protocols == ["3.1.1"]  # NATS speaks 3.1.1; the publisher fell back
+    # A third of the gateways started on the killed node; each of them failed over.
+    assert report.reconnects >= GATEWAYS // 3, report
+    assert all(n > 0 for n in report.per_member), report.per_member  # the group shared it
+
+    # Retained zone state: on every node, every zone, the same (latest) message.
+    zones = {f"venue/{VENUE}/zone/{gateway_id(g)}-{z}/state" for g in range(GATEWAYS)
+             for z in ("dino-queue", "jungle-queue", "plaza")}
+    for i in range(3):
+        assert set(retained[i]) == zones, f"node {i + 1}"
+    for topic in zones:
+        ids = {retained[i][topic]["id"] for i in range(3)}
+        assert len(ids) == 1, f"{topic}: nodes disagree on the retained state {ids}"
