@@ -459,6 +459,7 @@ class MqttShared:
         c.on_unsubscribe = lambda *_a: self._unsubscribed.set()
         self.client = c
         self._subs: list[str] = []
+        self._leaving = False
         self._handoff: Handoff | None = None
 
     def _fail(self, why: str) -> None:
@@ -468,11 +469,13 @@ class MqttShared:
         if rc.is_failure:
             self.error = f"refused: {rc}"
             return
-        subs = [(t, 1) for t in self.data]
+        # after leave() a reconnect takes the group's ledger only, no new messages
+        subs = [] if self._leaving else [(t, 1) for t in self.data]
         if self.ledger_topic:
             subs.append((self.ledger_topic, 1))
         self._subs = [t for t, _ in subs]
-        c.subscribe(subs)
+        if subs:
+            c.subscribe(subs)
         self._connected.set()
 
     def _on_subscribe(self, _c: Any, _u: Any, _mid: Any, codes: Any, _p: Any = None) -> None:
@@ -515,6 +518,7 @@ class MqttShared:
         """Stop taking new messages (UNSUBSCRIBE; the broker gives them to the others);
         what was already sent to this member still arrives and is handled."""
         self._unsubscribed.clear()
+        self._leaving = True
         self.client.unsubscribe(self.data)
         await asyncio.get_running_loop().run_in_executor(None, self._unsubscribed.wait, 5.0)
 
