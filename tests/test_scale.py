@@ -51,8 +51,11 @@ def test_scale_bounded_no_loss_no_gap(tmp_path: Path) -> None:
         for i, url in enumerate(cluster.mqtt_urls):
             with Collector(url, f"venue/{VENUE}/zone/+/state") as sub:
                 want = GATEWAYS * ZONES_PER_GATEWAY
-                wait_for(lambda s=sub, w=want: len({m.topic for m in s.messages}) >= w, 20,
-                         f"retained zone state of {want} zones from node {i + 1}")
+
+                def complete(s: Collector = sub, w: int = want) -> bool:
+                    return len({m.topic for m in s.messages}) >= w
+
+                wait_for(complete, 20, f"retained zone state of {want} zones from node {i + 1}")
                 retained[i] = {m.topic: json.loads(m.payload) for m in sub.messages
                                if m.retain}
 
