@@ -269,6 +269,42 @@ def cmd_contract(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from agent import experiment
+
+    cfg = _load(args.config)
+    try:
+        since = experiment.parse_since(args.since, time.time())
+    except ValueError as e:
+        print(f"venue-agent: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not experiment.table_exists(cfg.db_path):
+        print(f"venue-agent: {cfg.db_path} holds no nudge experiment records (no zone of this "
+              "gateway has alternatives, or it has not run yet)", file=sys.stderr)
+        return EXIT_FAIL
+    store = experiment.OpportunityStore(cfg.db_path, readonly=True)
+    try:
+        outcomes, counts = store.outcomes(since), store.counts(since)
+    finally:
+        store.close()
+    from agent.nudges import NudgePlanner
+    from agent.topics import Topics
+
+    window_s = NudgePlanner(cfg, Topics(cfg.venue.id, cfg.gateway.id)).window_s
+    if args.json:
+        est = experiment.estimate(outcomes)
+        print(json.dumps({"since": since, "window_s": window_s, "counts": counts,
+                          **est.as_dict(), "by_alternative": [
+                              {"zone": z, "alternative": a, **e.as_dict()}
+                              for (z, a), e in experiment.by_alternative(outcomes).items()]}))
+    else:
+        sys.stdout.write(experiment.report_text(outcomes, counts, since, window_s))
+    return EXIT_OK
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -466,6 +502,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 if the files there differ from the code")
     s.set_defaults(func=cmd_contract)
+
+    s = _command(sub, "report", "the nudge experiment: uplift of arrivals at the alternatives",
+                 "venue-agent report --config /etc/venue-agent/gateway.toml --since 7d\n"
+                 "venue-agent report --config gateway.toml --since 2025-06-01 --json",
+                 description=(
+        "Report the venue-wide nudge experiment this gateway runs, from the records in its "
+        "database: measured opportunities per arm (sent, held out), mean arrivals at the "
+        "alternative per opportunity window, the uplift with its 95 % interval, overall and "
+        "per alternative. Runs beside a live gateway."))
+    s.add_argument("--config", required=True,
+                   help="the gateway config (TOML); its storage.path holds the records")
+    s.add_argument("--since", default="7d",
+                   help="opportunities that began since: a duration back from now (90m, 12h, "
+                   "7d) or a date or time (2025-06-01, 2025-06-01T09:00:00Z); default 7d")
+    s.add_argument("--json", action="store_true",
+                   help="print one JSON object instead of the table")
+    s.set_defaults(func=cmd_report)
 
     s = _command(sub, "bench", "run the benchmarks (source checkout)",
                  "venue-agent bench --quick")

@@ -6,8 +6,8 @@ of guests who arrived at the alternative during its measurement window (see docs
 The effect of nudging is the difference between the arms' mean outcomes:
 
 - ``uplift_arrivals``: extra arrivals at the alternative per opportunity, adjusted with the
-  arrivals of the rate window just before each opportunity began (CUPED: ``y - theta * (x -
-  mean x)``, ``theta`` the pooled regression slope of outcome on that covariate; it removes
+  arrivals of the rate window just before each opportunity began (CUPED / ANCOVA: ``y - theta
+  * (x - mean x)``, ``theta`` the within-arm regression slope of outcome on it; it removes
   the time-of-day swing of the alternative's crowd from the comparison, it does not shift
   the estimate: the covariate is measured before the assignment);
 - a 95 % confidence interval from the Welch standard error, ``uplift +- 1.96 * sqrt(s1^2/n1 +
@@ -117,12 +117,17 @@ def estimate(outcomes: Iterable[Outcome]) -> Estimate:
     adjusted = False
     adj_s, adj_h = ys, yh
     if all(o.covariate is not None for o in rows):
-        xs = [float(o.covariate) for o in rows]  # type: ignore[arg-type]
-        yall = [o.arrivals for o in rows]
-        xm, ym = statistics.fmean(xs), statistics.fmean(yall)
-        sxx = sum((x - xm) ** 2 for x in xs)
+        # theta: the slope of outcome on covariate within the arms (ANCOVA), so a chance
+        # imbalance of the covariate between the arms does not leak into theta.
+        sxx = sxy = 0.0
+        for arm in (sent, held):
+            xa = [float(o.covariate) for o in arm]  # type: ignore[arg-type]
+            xm, ym = statistics.fmean(xa), statistics.fmean(o.arrivals for o in arm)
+            sxx += sum((x - xm) ** 2 for x in xa)
+            sxy += sum((x - xm) * (o.arrivals - ym) for x, o in zip(xa, arm, strict=True))
         if sxx > 0:
-            theta = sum((x - xm) * (y - ym) for x, y in zip(xs, yall, strict=True)) / sxx
+            theta = sxy / sxx
+            xm = statistics.fmean(float(o.covariate) for o in rows)  # type: ignore[arg-type]
             adj_s = [o.arrivals - theta * (float(o.covariate) - xm)  # type: ignore[arg-type]
                      for o in sent]
             adj_h = [o.arrivals - theta * (float(o.covariate) - xm)  # type: ignore[arg-type]
@@ -235,3 +240,61 @@ def table_exists(path: str | Path) -> bool:
         return False
     finally:
         db.close()
+
+
+# ----------------------------------------------------------------------------- the report
+def parse_since(text: str, now: float) -> float:
+    """``--since``: a duration back from ``now`` (``90m``, ``12h``, ``7d``) or an RFC 3339
+    date or time (``2025-06-01``, ``2025-06-01T09:00:00Z``). Epoch seconds; ValueError with
+    what was expected."""
+    import re
+    from datetime import UTC, datetime
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([mhd])\s*", text)
+    if m:
+        return now - float(m.group(1)) * {"m": 60.0, "h": 3600.0, "d": 86400.0}[m.group(2)]
+    try:
+        dt = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"--since: expected a duration such as 90m, 12h or 7d, or a date or "
+                         f"time such as 2025-06-01 or 2025-06-01T09:00:00Z, got {text!r}"
+                         ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+def _fmt(x: float | None, unit: str = "") -> str:
+    return "-" if x is None else f"{x:.1f}{unit}"
+
+
+def report_text(outcomes: Sequence[Outcome], counts: dict[str, int], since: float,
+                window_s: float) -> str:
+    """The report of ``venue-agent report``: the experiment overall and per alternative."""
+    from agent.timefmt import rfc3339
+
+    lines = [f"Nudge experiment since {rfc3339(since)}: {counts.get('measured', 0)} measured "
+             f"opportunities, {counts.get('incomplete', 0)} incomplete, "
+             f"{counts.get('measuring', 0)} still measuring.",
+             f"Outcome: guests arriving at the alternative within {window_s / 60:.0f} min "
+             "(from one walk after each opportunity began).", ""]
+    header = (f"{'zone -> alternative':34} {'sent':>5} {'held':>5} {'sent mean':>9} "
+              f"{'held mean':>9} {'uplift':>7} {'95 % interval':>17} {'uplift %':>8}")
+    lines.append(header)
+    rows = [("all", estimate(outcomes))]
+    rows += [(f"{z} -> {a}", e) for (z, a), e in by_alternative(outcomes).items()]
+    for name, e in rows:
+        ci = "-" if e.ci_low is None else f"[{e.ci_low:.1f}, {e.ci_high:.1f}]"
+        lines.append(f"{name:34} {e.sent:>5} {e.held_out:>5} {_fmt(e.sent_mean):>9} "
+                     f"{_fmt(e.held_out_mean):>9} {_fmt(e.uplift_arrivals):>7} {ci:>17} "
+                     f"{_fmt(e.uplift_pct, ' %'):>8}")
+    overall = rows[0][1]
+    lines.append("")
+    if overall.uplift_arrivals is None:
+        lines.append("Not enough yet: the uplift needs two measured opportunities in each arm.")
+    else:
+        lines.append("uplift: extra arrivals per opportunity, sent minus held out, adjusted for "
+                     "the arrivals just before each opportunity"
+                     + (" (rough: an arm has fewer than 10 opportunities)" if overall.rough
+                        else "") + ".")
+    return "\n".join(lines) + "\n"
