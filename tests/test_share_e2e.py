@@ -102,6 +102,7 @@ class Publisher:
         self.client.loop_start()
         self.seq = dict.fromkeys(GATEWAYS, 0)
         self.sent: list[str] = []  # ids
+        self._inflight: list[mqtt.MQTTMessageInfo] = []
 
     def next(self, gateway: str, *, skip: bool = False) -> None:
         self.seq[gateway] += 1
@@ -115,7 +116,7 @@ class Publisher:
         else:
             topic, msg = t.moment("z1", "queue_long"), t.envelope(
                 SCHEMA_MOMENT, time.time(), seq=seq, kind="queue_long", status="updated")
-        self.client.publish(topic, json.dumps(msg), qos=1).wait_for_publish(5)
+        self._inflight.append(self.client.publish(topic, json.dumps(msg), qos=1))
         self.sent.append(msg["id"])
 
     def round(self, n: int, pause_s: float = 0.0) -> None:
@@ -124,6 +125,9 @@ class Publisher:
                 self.next(gw)
             if pause_s:
                 time.sleep(pause_s)
+        for info in self._inflight:  # every PUBACK in
+            info.wait_for_publish(5)
+        self._inflight.clear()
 
     def stop(self) -> None:
         self.client.disconnect()
