@@ -194,7 +194,11 @@ class ConsoleState:
                             str(payload.get("action", "")), line))
             return line
         elif kind == "nudge":
-            self.nudges[parts[3]] = payload
+            if payload.get("status") == "withdrawn":  # a venue-wide offer whose reason ended
+                if self.nudges.get(parts[3], {}).get("moment_id") == payload.get("moment_id"):
+                    del self.nudges[parts[3]]
+            else:
+                self.nudges[parts[3]] = payload
             line = f"{_hhmmss(payload.get('at'))} NUDGE {parts[3]}: {payload.get('message')}"
             nid = payload.get("moment_id")
             self._add(Alert("nudge", str(payload.get("at", "")),

@@ -295,3 +295,18 @@ def test_nudges_withdrawals_and_the_summary_follow_the_contract() -> None:
         out = p.step(t, _values(2700.0))
     assert out.summary is not None
     assert_valid(p.topics.experiment(), dict(out.summary, seq=3))
+
+
+def test_the_staff_console_drops_a_withdrawn_offer() -> None:
+    from agent.console import ConsoleState
+
+    p = _planner()
+    p.remote_state(_state("jungle-queue", T0))
+    (topic, active, _e), = p.step(T0, _values(2700.0)).nudges
+    console = ConsoleState()
+    console.apply(topic, active)
+    assert [n["moment_id"] for n in console.current_nudges(T0 + 1)] == [active["moment_id"]]
+    p.gateway_status("gw-b", False)
+    (topic, withdrawn, _e), = p.step(T0 + 1, _values(2700.0)).nudges
+    console.apply(topic, withdrawn)
+    assert console.current_nudges(T0 + 2) == []
