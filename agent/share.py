@@ -47,7 +47,14 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
-from agent.topics import SCHEMA_DISPATCH, SCHEMA_MOMENT, SCHEMA_NUDGE, Topics, share_ledger_topic
+from agent.topics import (
+    SCHEMA_DISPATCH,
+    SCHEMA_MOMENT,
+    SCHEMA_NUDGE,
+    SEQ_GUARANTEED,
+    Topics,
+    share_ledger_topic,
+)
 
 __all__ = ["GroupLedger", "RangeSet", "TailError", "TailOptions", "Unreachable", "default_filters",
            "mqtt_to_nats", "nats_to_mqtt", "run_tail"]
@@ -162,6 +169,8 @@ class _Stream:
 
     seen: RangeSet = field(default_factory=RangeSet)  # seqs some member handled
     reported: RangeSet = field(default_factory=RangeSet)  # seqs reported missing (a gap)
+    # seqs the gateway said it dropped (data_dropped moments), per reason
+    dropped: dict[str, RangeSet] = field(default_factory=dict)
     # holes of ``seen`` not yet reported, with the time (monotonic s) this member first saw
     # each of them open: the grace period runs from there
     holes: list[tuple[int, int, float]] = field(default_factory=list)
@@ -239,9 +248,23 @@ class GroupLedger:
         if stream is not None:
             assert isinstance(seq, int)
             stream.seen.add(seq)
+            self._note_dropped(stream, payload)
             if seq in stream.reported:
                 line["late"] = True  # reported as a gap, then it came (a replay, say)
         return [line]
+
+    @staticmethod
+    def _note_dropped(stream: _Stream, payload: dict[str, Any]) -> None:
+        """A ``data_dropped`` moment: the gateway's own account of the guaranteed-stream seqs
+        it dropped (outbox full, refused, dead letters), so their gap can say why."""
+        if payload.get("kind") != "data_dropped" or not isinstance(payload.get("dropped"), list):
+            return
+        for d in payload["dropped"]:
+            if not isinstance(d, dict) or d.get("stream") != SEQ_GUARANTEED:
+                continue
+            lo, hi, why = d.get("first_seq"), d.get("last_seq"), d.get("reason")
+            if isinstance(lo, int) and isinstance(hi, int) and isinstance(why, str):
+                stream.dropped.setdefault(why, RangeSet()).add_range(lo, hi)
 
     # -- the coordination topic ----------------------------------------------------------
 
@@ -255,6 +278,8 @@ class GroupLedger:
                 "seen": {k: s.seen.as_list() for k, s in self.streams.items() if s.seen},
                 "reported": {k: s.reported.as_list() for k, s in self.streams.items()
                              if s.reported},
+                "dropped": {k: {why: r.as_list() for why, r in s.dropped.items()}
+                            for k, s in self.streams.items() if s.dropped},
                 "ids": ids}
 
     def merge(self, msg: Any, now: float) -> bool:
@@ -267,6 +292,8 @@ class GroupLedger:
                 return False
             seen = {str(k): RangeSet(v) for k, v in msg.get("seen", {}).items()}
             reported = {str(k): RangeSet(v) for k, v in msg.get("reported", {}).items()}
+            dropped = {str(k): {str(why): RangeSet(r) for why, r in v.items()}
+                       for k, v in msg.get("dropped", {}).items()}
             ids = [i for i in msg.get("ids", []) if isinstance(i, str)]
         except (AttributeError, KeyError, TypeError, ValueError):
             return False
@@ -274,6 +301,9 @@ class GroupLedger:
             self._stream(k).seen.update(r)
         for k, r in reported.items():
             self._stream(k).reported.update(r)
+        for k, by_reason in dropped.items():
+            for why, r in by_reason.items():
+                self._stream(k).dropped.setdefault(why, RangeSet()).update(r)
         for i in ids:
             self._remember(i)
         if msg.get("leaving"):
@@ -310,10 +340,15 @@ class GroupLedger:
                 venue, _, gateway = key.partition("/")
                 s.reported.add_range(a, b)
                 self.gaps += 1
-                reports.append({"gap": {
+                gap: dict[str, Any] = {
                     "venue": venue, "gateway": gateway, "first_seq": a, "last_seq": b,
                     "missing": b - a + 1, "waited_s": round(now - since, 1),
-                    "group": self.group, "member": self.member, "members": len(live)}})
+                    "group": self.group, "member": self.member, "members": len(live)}
+                # the gateway's data_dropped moments that cover the whole gap say why
+                why = sorted(r for r, rs in s.dropped.items() if not rs.outside(a, b))
+                if why:
+                    gap["dropped_by_gateway"] = why
+                reports.append({"gap": gap})
             s.holes = [h for h in s.holes if h[0] not in s.reported]
         return reports
 

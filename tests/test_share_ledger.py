@@ -186,3 +186,27 @@ def test_subjects_and_filters() -> None:
 def test_bad_options_name_the_option(opts: TailOptions, word: str) -> None:
     with pytest.raises(ValueError, match=word):
         opts.check()
+
+
+def test_a_gap_the_gateway_explained_says_why_whichever_member_got_the_explanation() -> None:
+    a = GroupLedger("g", "a", now=0.0, grace_s=1.0, liveness_s=1.0)
+    b = GroupLedger("g", "b", now=0.0, grace_s=1.0, liveness_s=1.0)
+    for s in (1, 2, 5, 8, 10):
+        b.receive("t", moment("gw1", s))
+    dropped = json.dumps({
+        "schema": SCHEMA_MOMENT, "id": "dd", "venue": "v1", "gateway": "gw1", "seq": 11,
+        "kind": "data_dropped", "dropped": [
+            {"stream": "guaranteed", "reason": "storage_full", "count": 2, "first_seq": 3,
+             "last_seq": 4},
+            {"stream": "health", "reason": "storage_full", "count": 9, "first_seq": None,
+             "last_seq": None}]}).encode()
+    a.receive("t", dropped)
+    out: list[dict[str, Any]] = []
+    t = 0.0
+    while t < 3.0:
+        b.merge(json.loads(json.dumps(a.announcement())), t)
+        a.merge(json.loads(json.dumps(b.announcement())), t)
+        out += a.check(t) + b.check(t)
+        t += 0.2
+    found = {(g["first_seq"], g["last_seq"]): g.get("dropped_by_gateway") for g in gaps(out)}
+    assert found == {(3, 4): ["storage_full"], (6, 7): None, (9, 9): None}
