@@ -552,7 +552,8 @@ class Publisher:
                 self._said_v311 = True
                 self._log.warning(
                     "MQTT broker %s: using MQTT 3.1.1 (%s). MQTT 5 features are "
-                    "unavailable: nudges are sent without message expiry, and PUBACKs carry "
+                    "unavailable: nudges go without MQTT message expiry (their payload's "
+                    "at + valid_for_s still says until when they hold), and PUBACKs carry "
                     "no reason codes, so a message the broker refuses (its ACL) is "
                     "acknowledged and lost without a trace",
                     addr.url,
