@@ -14,7 +14,11 @@ What runs (everything on this machine, loopback only):
   and nudges as the crowd model makes them;
 * a consumer group of 3 (``nats-py``, one process each) sharing the load through a NATS
   queue group on the subjects the MQTT listener maps topics to (``/`` -> ``.``). Each
-  member dedupes on the envelope ``id`` (delivery is at least once);
+  member dedupes on the envelope ``id`` (delivery is at least once). The members are the
+  bench's own, not ``venue-agent tail --share`` (agent/share.py): the bench needs every
+  message (zone state included) with its arrival time, and a member on each node's
+  address list, where tail follows the guaranteed stream of one broker URL and prints
+  lines; the topic -> subject mapping is share's (``mqtt_to_nats``);
 * mid-run, one node (the first gateways' first broker) is killed with SIGKILL and started
   again ``down_s`` later.
 
@@ -59,6 +63,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: the repository root is the import root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agent.share import mqtt_to_nats
+from agent.topics import Topics
 from bench.nats_cluster import NatsCluster
 
 VENUE = "scale"
@@ -84,11 +90,6 @@ class ScaleSettings:
     consumers: int = 3
     drain_s: float = 30.0  # after the last tick, how long outboxes may take to empty
     seed: int = 1
-
-
-def nats_subject(topic: str) -> str:
-    """The NATS subject NATS's MQTT listener publishes an MQTT topic on (``/`` -> ``.``)."""
-    return topic.replace("/", ".")
 
 
 # ------------------------------------------------------------------------------- gateways
@@ -387,7 +388,7 @@ def run_scale(settings: ScaleSettings, workdir: Path | None = None,
         log(f"cluster ready: MQTT {', '.join(cluster.mqtt_urls)}")
         ctx = mp.get_context("spawn")
         stop = ctx.Event()
-        subject = nats_subject(f"venue/{VENUE}") + ".>"
+        subject = mqtt_to_nats(Topics(VENUE).venue_filter)  # venue.scale.>
         consumers = []
         for m in range(settings.consumers):
             ready_c = ctx.Event()

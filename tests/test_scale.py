@@ -1,4 +1,4 @@
-"""A bounded `make scale`: 20 gateways on a 3-node NATS cluster, one node SIGKILLed mid-run.
+"""A bounded `make scale`: 20 gateways for 35 s on a 3-node NATS cluster, one node SIGKILLed.
 
 It drives bench/scale.py's own run (real Agents, outboxes and publishers in worker processes,
 a nats-py consumer group of 3, a real nats-server cluster) and fails on any loss, any ``seq``
@@ -59,7 +59,7 @@ def test_scale_bounded_no_loss_no_gap(tmp_path: Path) -> None:
                 retained[i] = {m.topic: json.loads(m.payload) for m in sub.messages
                                if m.retain}
 
-    settings = ScaleSettings(gateways=GATEWAYS, duration_s=40.0, kill_at_s=12.0, down_s=3.0,
+    settings = ScaleSettings(gateways=GATEWAYS, duration_s=35.0, kill_at_s=10.0, down_s=3.0,
                              workers=2, drain_s=20.0)
     t0 = time.monotonic()
     report = run_scale(settings, tmp_path, log=lambda _m: None, inspect=read_retained)
