@@ -69,8 +69,8 @@ MOMENT_STATUSES = ("opened", "updated", "resolved")
 DISPATCH_STATUSES = ("opened", "resolved")
 PRIORITIES = ("high", "medium", "info")
 STATUS_REASONS = ("started", "shutdown", "connection lost")
-WAIT_METHODS = ("none", "measured", "littles_law")
-QUEUE_LENGTH_METHODS = ("none", "as_read", "read_rate_corrected")
+WAIT_METHODS = ("none", "measured", "littles_law", "at_least")
+QUEUE_LENGTH_METHODS = ("none", "as_read", "read_rate_corrected", "warming_up")
 UNITS = ("s", "%", "messages")
 
 
@@ -284,11 +284,16 @@ def _zone_state() -> dict[str, Any]:
                        _nullable({"type": "integer", "minimum": 1})),
         **_metric_docs(fields),
         "wait_method": _d("How wait_s was made: measured (median of recent entry->exit "
-                          "waits), littles_law (queue length / throughput), none.",
+                          "waits), littles_law (queue length / throughput), at_least (a "
+                          "lower bound: the line was there before the gateway started, and "
+                          "the guests boarding now waited at least since then), none.",
                           _nullable({"type": "string", "enum": list(WAIT_METHODS)})),
         "queue_length_method": _d(
             "Queue zones: how queue_length was made: as_read until enough guests were read at "
-            "both ends to estimate the entry reader's read rate, then read_rate_corrected.",
+            "both ends to estimate the entry reader's read rate, then read_rate_corrected; "
+            "warming_up (a lower bound, and so is wait_joining_s) while the line that was "
+            "there before the gateway started is boarding: its guests were never read at the "
+            "entry and are not counted until guests who entered since board.",
             _nullable({"type": "string", "enum": list(QUEUE_LENGTH_METHODS)})),
         "queue_length_factor": _d(
             "Queue zones: the read-rate correction applied to queue_length (>= 1; 1: none).",

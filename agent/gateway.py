@@ -125,10 +125,12 @@ def engine_for(cfg: Config, *, max_tags: int | None = None) -> Any:
     if not WAIT_METHOD_NAMES:
         WAIT_METHOD_NAMES.update({kernels.METHOD_NONE: "none",
                                   kernels.METHOD_MEASURED: "measured",
-                                  kernels.METHOD_LITTLE: "littles_law"})
+                                  kernels.METHOD_LITTLE: "littles_law",
+                                  kernels.METHOD_AT_LEAST: "at_least"})
         QUEUE_METHOD_NAMES.update({kernels.QL_NONE: "none",
                                    kernels.QL_UNCORRECTED: "as_read",
-                                   kernels.QL_CORRECTED: "read_rate_corrected"})
+                                   kernels.QL_CORRECTED: "read_rate_corrected",
+                                   kernels.QL_WARMING: "warming_up"})
     return kernels.ZoneEngine(topology_for(cfg), **engine_params(cfg, max_tags=max_tags))
 
 

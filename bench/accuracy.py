@@ -84,7 +84,7 @@ from agent.config import (
 )
 from agent.gateway import GatewayCore, MomentDecider
 from agent.moments import MomentEvent
-from kernels import METHOD_LITTLE, METHOD_MEASURED, METHOD_NONE
+from kernels import METHOD_AT_LEAST, METHOD_LITTLE, METHOD_MEASURED, METHOD_NONE
 from simulators.scenarios import Scenario, get_scenario
 
 TRUE_WAIT_WINDOW_S = 60.0
@@ -567,7 +567,8 @@ def quantile(xs: Sequence[float], q: float) -> float | None:
     return None if not xs else float(np.quantile(xs, q))
 
 
-METHOD_NAMES = {METHOD_MEASURED: "measured", METHOD_LITTLE: "little", METHOD_NONE: "none"}
+METHOD_NAMES = {METHOD_MEASURED: "measured", METHOD_LITTLE: "little", METHOD_NONE: "none",
+                METHOD_AT_LEAST: "at_least"}
 
 
 def overlaps(a: Moment, b: Moment) -> bool:

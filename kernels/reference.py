@@ -38,12 +38,14 @@ from .engine import (
 )
 from .topology import (
     KIND_AREA,
+    METHOD_AT_LEAST,
     METHOD_LITTLE,
     METHOD_MEASURED,
     METHOD_NONE,
     QL_CORRECTED,
     QL_NONE,
     QL_UNCORRECTED,
+    QL_WARMING,
     ROLE_ENTRY,
     ROLE_EXIT,
     ROLE_PRESENCE,
@@ -382,21 +384,37 @@ class ReferenceEngine:
             # in the order recorded: the last ones are the latest
             durs = [d for t, d, *_ in deps if t > now - p.window_s and not math.isnan(d)]
             # exits in joining_window_s (in the order recorded) and the time between them,
-            # stalls cut to stall_s, up to now: the service rate is (exits - 1) / that time
-            exit_ts = [
-                t for t, _, kind, *_ in deps if t > now - p.joining_window_s and kind == DEP_EXIT
-            ]
-            served_j, busy, busy_sq, last_exit = len(exit_ts), 0.0, 0.0, -math.inf
-            for i, t in enumerate(exit_ts):
-                if i > 0:
+            # stalls cut to stall_s, up to now: the service rate is exits / that time
+            # ... and the gap before the first of them, from the latest exit recorded before
+            # it that is older than the window
+            exit_ts: list[float] = []
+            busy, busy_sq, last_exit, prev_exit = 0.0, 0.0, -math.inf, -math.inf
+            longest, first_gap = 0.0, math.inf
+            for t, _, kind, *_ in deps:
+                if kind != DEP_EXIT:
+                    continue
+                if t <= now - p.joining_window_s:
+                    prev_exit = max(prev_exit, t)
+                    continue
+                if exit_ts:
                     gap = min(max(0.0, t - last_exit), p.stall_s)
                     busy += gap
                     busy_sq += gap * gap
+                    longest = max(longest, gap)
+                else:
+                    first_gap = t - prev_exit
+                exit_ts.append(t)
                 last_exit = max(last_exit, t)
+            served_j = len(exit_ts)
             silence = now - last_exit
             # the mean wait for the next exit (dispatch) from a random moment: E[g^2] / 2 E[g]
             residual = busy_sq / (2.0 * busy) if busy > 0 else 0.0
-            busy += min(max(0.0, silence), p.stall_s)
+            if exit_ts:
+                # the first exit ends a gap of at most one dispatch interval; silence beyond
+                # the longest gap is time the ride did not serve
+                cut = longest if longest > 0 else p.stall_s
+                busy += min(max(0.0, first_gap), cut, p.stall_s)
+                busy += max(0.0, min(max(0.0, silence), p.stall_s) - longest)
             recent = [
                 (kind, entry, one_in, one_out)
                 for t, _, kind, entry, one_in, one_out in deps
@@ -469,20 +487,6 @@ class ReferenceEngine:
             if area:
                 continue
             out["queue_length"][z] = count
-            mu_j = (served_j - 1) / busy * keep_out / rate_out if busy > 0 else 0.0
-            stalled = silence > 2.0 * p.stall_s
-            cap = self.capacity[z]
-            if served_j >= p.min_measured_waits and not stalled and count >= mu_j * 2.0 * p.stall_s:
-                cap[:] = [mu_j, now]  # a busy line: the exits ran at capacity
-            elif cap[1] > now - p.capacity_s and cap[0] > mu_j:
-                mu_j = cap[0]  # a short line is served at capacity (its exits are the demand)
-            walk = 0.0 if math.isinf(self.min_wait[z]) else self.min_wait[z]
-            walk += residual
-            if count == 0:
-                out["wait_joining_s"][z] = walk
-            elif served_j >= p.min_measured_waits and mu_j > 0 and not stalled:
-                out["wait_joining_s"][z] = max(count / mu_j, walk)
-            # else NaN: no evidence of the service, or a stopped ride
             if len(durs) >= p.min_measured_waits:
                 wait, method[z] = percentile(durs[-p.wait_recent :], 50), METHOD_MEASURED
             elif throughput > 0 and served >= p.min_measured_waits:
@@ -491,7 +495,54 @@ class ReferenceEngine:
                 wait, method[z] = 0.0, METHOD_LITTLE
             else:
                 wait, method[z] = math.nan, METHOD_NONE
+            kept = sum(1 for _, _, kind, *_ in deps if kind == DEP_EXIT)
+            if (not self.fifo_entries[z] and kept >= p.fifo_witnesses
+                    and last_exit > self.t_start):
+                # warming up: the line was there before the start (see QL_WARMING)
+                ql_method[z] = QL_WARMING
+                if not wait >= last_exit - self.t_start:
+                    wait, method[z] = last_exit - self.t_start, METHOD_AT_LEAST
             out["wait_s"][z] = wait
+            mu_j = served_j / busy * keep_out / rate_out if busy > 0 else 0.0
+            stalled = silence > 2.0 * p.stall_s
+            cap = self.capacity[z]
+            walk = 0.0 if math.isinf(self.min_wait[z]) else self.min_wait[z]
+            if (served_j >= p.min_measured_waits and not stalled
+                    and method[z] == METHOD_MEASURED and wait > walk + 4.0 * residual):
+                cap[:] = [mu_j, now]  # a busy line: the boarders missed a full dispatch
+            else:
+                # a short line is served at capacity (its exits are the demand): the rate last
+                # measured on a busy line, or at least the fullest dispatch per interval
+                if cap[1] > now - p.capacity_s and cap[0] > mu_j:
+                    mu_j = cap[0]
+                size, fullest, gaps, n_gaps = 0, 0, 0.0, 0
+                latest = -math.inf
+                for i, t in enumerate(exit_ts):
+                    if i > 0:
+                        between = min(max(0.0, t - latest), p.stall_s)
+                        if between > residual:
+                            fullest, size = max(fullest, size), 0
+                            gaps += between
+                            n_gaps += 1
+                    size += 1
+                    latest = max(latest, t)
+                fullest = max(fullest, size)
+                seats = fullest / (gaps / n_gaps) if n_gaps and gaps > 0 else 0.0
+                mu_j = max(mu_j, seats * keep_out / rate_out)
+            floor = walk + residual
+            if method[z] == METHOD_MEASURED and wait < floor:
+                floor = wait  # the boarders waited less than the walk measured
+            if count <= 0 or not line:
+                out["wait_joining_s"][z] = floor
+            elif served_j >= p.min_measured_waits and mu_j > 0 and not stalled:
+                # each guest boards a walk (and a dispatch) after entering, but not before
+                # the guests ahead have boarded at the service rate
+                step = count / len(line) / mu_j
+                board = now - step
+                for e in line:
+                    board = max(board + step, e + floor)
+                out["wait_joining_s"][z] = max(board + 1.0 / mu_j - now, floor)
+            # else NaN: no evidence of the service, or a stopped ride
             lam, mu = arrivals / 60.0, throughput / 60.0
             projected = max(0.0, count + (lam - mu) * p.horizon_s)
             j = math.floor(mu * p.horizon_s * read_rate)  # tags boarding within the horizon

@@ -23,11 +23,19 @@ KIND_AREA = 1
 METHOD_NONE = 0  # no estimate (wait_s is NaN)
 METHOD_MEASURED = 1  # median of waits measured by entry/exit re-identification
 METHOD_LITTLE = 2  # Little's law: queue_length / throughput
+# A lower bound: the line was there before the engine started (fifo_witnesses exits read,
+# but no guest it saw enter has boarded yet): the guests boarding now waited at least since
+# the start.
+METHOD_AT_LEAST = 3
 
 # How ZoneMetrics.queue_length was produced (int8).
 QL_NONE = 0  # not a queue zone (queue_length is NaN)
 QL_UNCORRECTED = 1  # tags queueing as read: too few recaptures for a read-rate correction
 QL_CORRECTED = 2  # tags queueing divided by the (shrunk, conservative) entry read rate
+# A lower bound while warming up: the line was there before the engine started, and the guests
+# who entered before it are not counted (never read at the entry while it watched) until the
+# first guests who entered after the start board; see METHOD_AT_LEAST.
+QL_WARMING = 3
 
 
 def _as(name: str, value: object, dtype: type, ndim: int = 1) -> np.ndarray:

@@ -63,12 +63,14 @@ from .codes import (
 from .queue_order import fifo_frontier
 from .topology import (
     KIND_AREA,
+    METHOD_AT_LEAST,
     METHOD_LITTLE,
     METHOD_MEASURED,
     METHOD_NONE,
     QL_CORRECTED,
     QL_NONE,
     QL_UNCORRECTED,
+    QL_WARMING,
 )
 
 
@@ -185,6 +187,7 @@ def zone_metrics(
     stall_s: float,
     capacity_s: float,
     gap_lo: float,
+    t_start: float,
     zone_kind: np.ndarray,
     zone_count: np.ndarray,
     dep_t: np.ndarray,
@@ -225,6 +228,10 @@ def zone_metrics(
         served_j = 0  # exits read in joining_window_s
         busy = 0.0  # ... the time between them the queue was serving (stalls cut to stall_s)
         busy_sq = 0.0  # ... the sum of the squares of those gaps (the residual, below)
+        longest = 0.0  # ... the longest of those gaps
+        first_gap = np.inf  # ... the gap before the first of them (inf: no exit before)
+        prev_exit = -np.inf  # the latest exit before joining_window_s
+        exits_kept = 0  # exits read in the ring (all of them, however old)
         last_exit = -np.inf
         m = 0
         exits = 0  # exits read, in read_rate_window_s (see rr_from)
@@ -246,8 +253,15 @@ def zone_metrics(
                     gap = min(max(0.0, t - last_exit), stall_s)
                     busy += gap
                     busy_sq += gap * gap
+                    longest = max(longest, gap)
+                else:
+                    first_gap = t - prev_exit
                 served_j += 1
                 last_exit = max(last_exit, t)
+            elif kind == DEP_EXIT:
+                prev_exit = max(prev_exit, t)
+            if kind == DEP_EXIT:
+                exits_kept += 1
             if t > win_lo:
                 d = dep_dur[z, k]
                 if not np.isnan(d):
@@ -277,7 +291,7 @@ def zone_metrics(
         # mean time from a random moment to the next exit (renewal theory: E[g^2] / 2 E[g]):
         # half the dispatch interval of a ride loading in batches, ~0 for a steady trickle
         residual = busy_sq / (2.0 * busy) if busy > 0.0 else 0.0
-        busy += min(max(0.0, silence), stall_s)
+        busy += serving_time(first_gap, longest, silence, stall_s, served_j)
         arrived = 0
         for k in range(min(arr_n[z], arr_t.shape[1])):
             if arr_t[z, k] > rate_lo:
@@ -349,21 +363,44 @@ def zone_metrics(
         else:
             wait = np.nan
             method = METHOD_NONE
+        if fifo_n[z] == 0 and exits_kept >= fifo_entry.shape[1] and last_exit > t_start:
+            # warming up: guests are boarding (fifo_witnesses of them, too many to be missed
+            # entry reads), but none of those who entered while the engine watched: the line
+            # was there before the start, its guests who entered then are not in count, and
+            # FIFO, they board before anyone the engine saw enter
+            out_ql_method[z] = QL_WARMING
+            if not wait >= last_exit - t_start:  # wait may be NaN
+                wait = last_exit - t_start
+                method = METHOD_AT_LEAST
         out_f[M_WAIT, z] = wait
         out_method[z] = method
-        service = (served_j - 1) / busy * keep_out / rate_out if busy > 0.0 else 0.0
+        service = served_j / busy * keep_out / rate_out if busy > 0.0 else 0.0
         stalled = silence > 2.0 * stall_s
-        if served_j >= min_measured and not stalled and count >= service * 2.0 * stall_s:
-            # a busy line: the exits ran at the ride's capacity
+        walk = 0.0 if np.isinf(min_wait[z]) else min_wait[z]
+        if (served_j >= min_measured and not stalled and method == METHOD_MEASURED
+                and wait > walk + 4.0 * residual):
+            # a busy line: the guests boarding now waited more than the walk and two
+            # dispatch intervals (a dispatch interval is twice the residual), so the dispatch
+            # before theirs left full: the exits ran at the ride's capacity
             capacity[z, 0] = service
             capacity[z, 1] = now
-        elif capacity[z, 1] > now - capacity_s and capacity[z, 0] > service:
+        else:
             # a short line is served at capacity as soon as guests are in it: the exits of a
-            # short line measure the demand (a parade's lull), not the service rate
-            service = capacity[z, 0]
-        walk = 0.0 if np.isinf(min_wait[z]) else min_wait[z]
+            # short line measure the demand (a parade's lull), not the service rate. The
+            # capacity is the rate last measured on a busy line, or at least the fullest
+            # dispatch of the window per dispatch interval
+            if capacity[z, 1] > now - capacity_s and capacity[z, 0] > service:
+                service = capacity[z, 0]
+            seats = dispatch_rate(dep_t, dep_kind, dep_n, z, join_lo, stall_s, residual)
+            service = max(service, seats * keep_out / rate_out)
+        empty = walk + residual  # the wait of an empty line
+        if method == METHOD_MEASURED and wait < empty:
+            # ... unless the guests boarding now waited less: the walk is the shortest wait
+            # of a guest who had few exits ahead, which a ride that loads many guests at a
+            # time may never see, so it can be long by part of a dispatch interval
+            empty = wait
         out_f[M_WAIT_JOINING, z] = joining_wait(
-            count, service, served_j, min_measured, walk + residual, stalled
+            now, line, count, service, served_j, min_measured, empty, stalled
         )
         if rate_span_s < rate_window_s:
             # a fresh engine: rates over a part-window are biased by the line filling up
@@ -376,24 +413,101 @@ def zone_metrics(
 
 
 @jit
+def dispatch_rate(
+    dep_t: np.ndarray,
+    dep_kind: np.ndarray,
+    dep_n: np.ndarray,
+    z: int,
+    join_lo: float,
+    stall_s: float,
+    residual: float,
+) -> float:
+    """Exits/s (as read) of queue z's fullest dispatch of the joining window (exits after
+    ``join_lo``, in the order recorded) per dispatch interval, 0 without two dispatches: a
+    lower bound of the ride's capacity from the exits alone. A gap between exits (cut to
+    ``stall_s``) longer than ``residual`` (half the dispatch interval of a ride loading in
+    batches, the mean gap of a steady trickle) starts a new dispatch; the dispatch interval
+    is the mean of those gaps."""
+    cap = dep_t.shape[1]
+    n_dep = min(dep_n[z], cap)
+    last = -np.inf
+    size = 0
+    fullest = 0
+    gaps = 0.0
+    n_gaps = 0
+    for i in range(dep_n[z] - n_dep, dep_n[z]):
+        k = i % cap
+        t = dep_t[z, k]
+        if not (t > join_lo and dep_kind[z, k] == DEP_EXIT):
+            continue
+        if size > 0:
+            gap = min(max(0.0, t - last), stall_s)
+            if gap > residual:
+                fullest = max(fullest, size)
+                size = 0
+                gaps += gap
+                n_gaps += 1
+        size += 1
+        last = max(last, t)
+    fullest = max(fullest, size)
+    if n_gaps == 0 or gaps <= 0.0:
+        return 0.0
+    return fullest / (gaps / n_gaps)
+
+
+@jit
+def serving_time(
+    first_gap: float, longest: float, silence: float, stall_s: float, served: int
+) -> float:
+    """Seconds to add to the sum of the gaps between the ``served`` exits of the joining
+    window (each cut to ``stall_s``; ``longest`` the longest) for the time the queue was
+    serving them: the gap before the first of them (``first_gap``, inf when no exit came
+    before), which the first exit ends, cut to the longest gap between them (a ride
+    restarting after a stop, or before the window, loads its first train after one dispatch
+    interval, not after the whole stop) and to ``stall_s``; plus the silence since the last
+    exit (``silence``, cut to ``stall_s``) beyond the longest gap, which counts as time the
+    ride did not serve (a slowing or stopping ride). In steady service the silence is shorter
+    than a gap, so exits / serving time is unbiased from the first full dispatch interval."""
+    if served == 0:
+        return 0.0
+    cap = longest if longest > 0.0 else stall_s
+    return min(max(0.0, first_gap), cap, stall_s) + max(
+        0.0, min(max(0.0, silence), stall_s) - longest)
+
+
+@jit
 def joining_wait(
+    now: float,
+    line: np.ndarray,
     queue_len: float,
     service_per_s: float,
     served: int,
     min_measured: int,
-    shortest_s: float,
+    empty_s: float,
     stalled: bool,
 ) -> float:
-    """Wait (s) of a guest joining the line now: the guests ahead of them (``queue_len``,
-    corrected) at the service rate (guests/s, corrected), but at least ``shortest_s`` (the
-    wait of an empty line: the walk plus the mean time to the next dispatch). An empty line
-    waits that.
-    NaN without evidence of service: fewer than ``min_measured`` exits read, or ``stalled``
-    (the exit reader has been silent for over twice ``stall_s``: a stopped ride, whose wait
-    depends on when it restarts)."""
-    walk = shortest_s
-    if queue_len == 0.0:
-        return walk
-    if served >= min_measured and service_per_s > 0.0 and not stalled:
-        return max(queue_len / service_per_s, walk)
-    return np.nan
+    """Wait (s) of a guest joining the line at ``now``.
+
+    ``line``: sorted entry times (s) of the tags queueing (``queue_len`` guests, corrected:
+    each tag stands for queue_len / line.size guests); ``service_per_s`` the service rate
+    (guests/s, corrected); ``empty_s`` the wait of an empty line: the walk plus the mean time
+    from a random moment to the next dispatch. Every guest in line reaches the loading point
+    a walk after entering and boards at the next dispatch, but not before the guests ahead of
+    them have boarded at the service rate: board_i = max(board_{i-1} + 1 / service, entry_i +
+    empty_s), the first at ``now`` at the earliest (seat k of a ride loading b seats
+    every d s leaves on average k / service from now: the residual and the seats of the same
+    dispatch cancel). The joiner boards likewise behind the last of them. A long line gives
+    queue_len / service; a short one ``empty_s`` (guests still walking the line do not
+    hold the joiner up). NaN without evidence of service: fewer than ``min_measured`` exits
+    read, or ``stalled`` (the exit reader has been silent for over twice stall_s: a stopped
+    ride, whose wait depends on when it restarts)."""
+    floor = empty_s
+    if queue_len <= 0.0 or line.size == 0:
+        return floor
+    if served < min_measured or not service_per_s > 0.0 or stalled:
+        return np.nan
+    step = queue_len / line.size / service_per_s
+    board = now - step
+    for e in line:
+        board = max(board + step, e + floor)
+    return max(board + 1.0 / service_per_s - now, floor)
