@@ -261,16 +261,27 @@ class GatewayCore:
             n = sum(1 for _ in reads)
             self.dropped_unknown += n
             return 0
+        if not isinstance(reads, list):
+            reads = list(reads)
+        n = len(reads)
+        if not n:
+            return 0
+        # Column by column (comprehensions, C-level counts) rather than read by read: this
+        # is the per-read path, and a serial reader's batch is one protocol without RSSI.
         pseudo = self.pseudonym.at(ts)
-        tags, rssi = [], []
-        for rd in reads:
-            tags.append(pseudo(rd.protocol, rd.tag_id))
-            rssi.append(_NAN if rd.rssi_dbm is None else rd.rssi_dbm)
-        n = len(tags)
-        if n:
-            self.buffer.append_batch(ts, tags, st.index, rssi)
-            st.reads += n
-            st.last_read_ts = ts
+        protocols = [rd.protocol for rd in reads]
+        protocol = protocols[0]
+        if protocols.count(protocol) == n:
+            tags = pseudo.many(protocol, [rd.tag_id for rd in reads])
+        else:
+            tags = [pseudo(rd.protocol, rd.tag_id) for rd in reads]
+        rs = [rd.rssi_dbm for rd in reads]
+        rssi: list[float] | None = None  # None: no RSSI in the batch, the buffer fills NaN
+        if rs.count(None) != n:
+            rssi = [_NAN if v is None else v for v in rs]
+        self.buffer.append_batch(ts, tags, st.index, rssi)
+        st.reads += n
+        st.last_read_ts = ts
         return n
 
     def accept_columns(self, ts: np.ndarray, tag: np.ndarray, reader: np.ndarray,

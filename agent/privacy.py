@@ -71,7 +71,7 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -501,6 +501,24 @@ class Pseudonymizer:
         if p is None:
             p = self._miss(protocol, cache, tag_id)
         return p
+
+    def many(self, protocol: str, tag_ids: Iterable[bytes]) -> list[int]:
+        """``[self(protocol, t) for t in tag_ids]``, in one pass: the per-read path of a
+        reader's batch (one protocol), with no method call per cached id."""
+        cache = self._cache.get(protocol)
+        if cache is None:
+            cache = self._start_protocol(protocol)
+        get = cache.get
+        out: list[int] = []
+        append = out.append
+        for t in tag_ids:
+            p = get(t)
+            if p is None:
+                p = self._miss(protocol, cache, t)
+                cache = self._cache[protocol]  # a new generation may have begun
+                get = cache.get
+            append(p)
+        return out
 
     def _start_protocol(self, protocol: str) -> dict[bytes, int]:
         if self.epoch is None:

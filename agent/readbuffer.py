@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+_NAN_F32 = array("f", (math.nan,))  # repeated for a batch without RSSI
+
 
 class ReadBuffer:
     def __init__(self, capacity: int = 4096) -> None:
@@ -42,14 +44,14 @@ class ReadBuffer:
         self.rssi.append(math.nan if rssi is None else rssi)
 
     def append_batch(self, ts: float, tags: Sequence[int], reader: int,
-                     rssi: Sequence[float]) -> None:
+                     rssi: Sequence[float] | None) -> None:
         """One reader's batch, all stamped ``ts``: ``tags`` and ``rssi`` (NaN for none) of
-        equal length."""
+        equal length, or ``rssi`` None when no read of the batch has one (all NaN)."""
         k = len(tags)
-        self.ts.extend([ts] * k)
+        self.ts.extend(array("d", (ts,)) * k)
         self.tag.extend(tags)
-        self.reader.extend([reader] * k)
-        self.rssi.extend(rssi)
+        self.reader.extend(array("i", (reader,)) * k)
+        self.rssi.extend(_NAN_F32 * k if rssi is None else rssi)
 
     def extend(self, ts: np.ndarray, tag: np.ndarray, reader: np.ndarray,
                rssi: np.ndarray) -> None:

@@ -101,35 +101,41 @@ class Em4100Decoder(BufferedDecoder):
         """Consume ``data``; return the reads completed by it, in order.
 
         Fast path: while the bytes (held-back ones first) are back-to-back frames, each
-        frame is looked up whole (a reader repeats the same few cards), and only a frame not
-        seen before is checked digit by digit. Anything else (noise, a frame split by the
-        chunk) goes to the general frame hunt from the first byte the fast path did not
-        take."""
+        frame is looked up whole by its bytes (a reader repeats the same few cards): a frame
+        seen before was checked then, so a hit costs a slice and a dict lookup, no pattern
+        match and no new object. Only a frame not seen before is matched and checked digit
+        by digit. Anything else (noise, a frame split by the chunk) goes to the general
+        frame hunt from the first byte the fast path did not take."""
         if self._buf:
             data = bytes(self._buf) + bytes(data)
             self._buf.clear()  # re-fed below: the fast path or the hunt takes them again
         else:
             data = bytes(data)
         out: list[RawRead] = []
+        append = out.append
         seen, pos, n = self._seen, 0, len(data)
-        match = _WELL_FORMED.match
+        get = seen.get
         while pos < n:
-            m = match(data, pos)
-            if m is None:
-                break
-            end = m.end()
-            frame = data[pos:end]
-            rd = seen.get(frame)
-            if rd is None:
+            # The RDM6300 length first (the common reader), then the CR LF variant's.
+            rd = get(data[pos : pos + FRAME_LEN])
+            if rd is not None:
+                pos += FRAME_LEN
+            elif (rd := get(data[pos : pos + FRAME_LEN_CRLF])) is not None:
+                pos += FRAME_LEN_CRLF
+            else:
+                m = _WELL_FORMED.match(data, pos)
+                if m is None:
+                    break
+                end = m.end()
                 b = bytes.fromhex(data[pos + 1 : pos + _TAIL].decode("ascii"))
                 if b[0] ^ b[1] ^ b[2] ^ b[3] ^ b[4] != b[5]:
                     break  # a bad checksum: the hunt counts it
                 rd = RawRead(PROTOCOL, b[:5])
                 if len(seen) >= self.cache_size:
                     seen.clear()
-                seen[frame] = rd
-            out.append(rd)
-            pos = end
+                seen[data[pos:end]] = rd
+                pos = end
+            append(rd)
         self.stats.frames += len(out)
         self._offset += pos
         if pos < n:

@@ -203,3 +203,19 @@ def test_drain_counts_a_truncated_frame_and_empties_the_buffer() -> None:
     assert dec.drain() == []
     assert seen == [(2 + len(frame), "frame truncated at end of input")]
     assert dec.buffered == b"" and dec.stats.skipped_bytes == 2 + 9
+
+
+def test_frames_seen_before_decode_as_the_first_time_in_both_variants() -> None:
+    """The fast path takes a frame it has seen by its bytes: repeats of both variants, a
+    repeat whose checksum byte differs, and a repeat split by a chunk decode exactly as a
+    fresh decoder decodes them."""
+    a, b = bytes.fromhex("62E3086CED"), bytes.fromhex("0102030405")
+    bad = encode(a)[:11] + b"00" + encode(a)[13:]  # same digits, wrong checksum
+    stream = (encode(a) + encode(b, crlf=True)) * 3 + bad + encode(a) + encode(b, crlf=True)
+    dec = Em4100Decoder()
+    first = dec.feed(stream)
+    again = dec.feed(stream[:20]) + dec.feed(stream[20:])
+    fresh, fresh_dec = decode_all(stream)
+    assert first == again == fresh
+    assert [r.tag_id for r in first] == [a, b] * 4
+    assert dec.stats.bad_frames == 2 * fresh_dec.stats.bad_frames == 2

@@ -8,6 +8,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from agent.config import EstimationConfig, parse_config
 from agent.gateway import GatewayCore, engine_params, rule_values
 from agent.topics import SCHEMA_DISPATCH, SCHEMA_MOMENT, SCHEMA_ZONE_STATE, SEQ_GUARANTEED
@@ -226,3 +228,23 @@ def test_per_reader_filters_and_departure_reach_the_kernels() -> None:
     assert list(topo.reader_rssi_floor) == [-127.0, -127.0, -80.0]
     assert list(topo.reader_min_reads) == [1, 1, 2]
     assert list(topo.zone_missed_reads) == [4.0, 6.0]
+
+
+def test_a_batch_is_pseudonymised_as_read_by_read() -> None:
+    """accept_reads works column by column; the buffer holds what one call per read gives:
+    a one-protocol batch without RSSI, a mixed batch, and a generator."""
+    c, ref = core(), core()
+    plain = [RawRead("em4100", tag(i % 7)) for i in range(40)]
+    mixed = [RawRead("ble", tag(1), -61.0), RawRead("em4100", tag(2)),
+             RawRead("ble", tag(3), None), RawRead("uhf-m100", tag(4), -70.5)]
+    for batch in (plain, mixed):
+        assert c.accept_reads("plaza-ble", 5.0, batch) == len(batch)
+        assert c.accept_reads("plaza-ble", 6.0, iter(batch)) == len(batch)
+    for ts, batch in ((5.0, plain), (6.0, plain), (5.0, mixed), (6.0, mixed)):
+        for rd in batch:
+            ref.buffer.append(ts, ref.pseudonym.at(ts)(rd.protocol, rd.tag_id), 2, rd.rssi_dbm)
+    got, want = c.buffer.take(), ref.buffer.take()
+    for g, w in zip(got, want, strict=True):
+        assert np.array_equal(g, w, equal_nan=True)
+    assert c.readers["plaza-ble"].reads == 2 * (len(plain) + len(mixed))
+    assert c.accept_reads("plaza-ble", 7.0, []) == 0

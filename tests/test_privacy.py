@@ -242,3 +242,15 @@ def test_run_refuses_to_start_with_a_readable_key(tmp_path: Path,
     assert cli.main(["run", "--config", str(cfg), "--duration", "0.1"]) == 1
     err = capsys.readouterr().err
     assert f"cannot start: pseudonym key {key}" in err and f"chmod 600 {key}" in err
+
+
+def test_many_gives_what_one_call_per_id_gives_across_cache_generations() -> None:
+    """The batch path of the per-read pseudonymiser: same pseudonyms, same bound on the
+    cache, also when a batch overflows a generation (cache_size 8: 4 ids each)."""
+    ids = [i.to_bytes(5, "big") for i in (1, 2, 3, 1, 4, 5, 6, 7, 8, 2, 9, 1, 10, 3)]
+    batch = Pseudonymizer(b"k" * 32, cache_size=8)
+    one = Pseudonymizer(b"k" * 32, cache_size=8)
+    got = batch.many("em4100", ids) + batch.many("uhf-m100", ids[:3])
+    assert got == [one("em4100", t) for t in ids] + [one("uhf-m100", t) for t in ids[:3]]
+    assert batch.cached() <= 8 + 3
+    assert batch.many("em4100", []) == []

@@ -16,3 +16,13 @@ def test_buffer_grows_and_keeps_every_read_in_order() -> None:
     assert np.array_equal(tag, np.arange(1, 1001, dtype=np.uint64))
     assert np.isnan(rssi[1]) and rssi[0] == -60.0
     assert buf.take()[0].size == 0
+
+
+def test_a_batch_without_rssi_is_stored_as_nan() -> None:
+    buf = ReadBuffer()
+    buf.append_batch(2.5, [7, 8, 9], 3, None)
+    buf.append_batch(3.0, [10], 1, [-55.0])
+    ts, tag, reader, rssi = buf.take()
+    assert ts.tolist() == [2.5, 2.5, 2.5, 3.0] and tag.tolist() == [7, 8, 9, 10]
+    assert reader.tolist() == [3, 3, 3, 1]
+    assert np.isnan(rssi[:3]).all() and rssi[3] == -55.0
