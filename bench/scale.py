@@ -264,7 +264,8 @@ async def _worker_main(indexes: list[int], urls: list[str], root: Path, seed: in
 
 def _worker(indexes: list[int], urls: list[str], root: str, seed: int, ready: Any,
             start_at: Any, settings: ScaleSettings, out: str, log_level: int) -> None:
-    logging.basicConfig(level=log_level, format=f"worker {os.getpid()}: %(message)s")
+    logging.basicConfig(level=log_level,
+                        format=f"%(asctime)s worker {os.getpid()}: %(message)s")
     asyncio.run(_worker_main(indexes, urls, Path(root), seed, ready, start_at, settings,
                              Path(out)))
 
@@ -340,6 +341,7 @@ class ScaleReport:
     duration_s: float
     consumers: int
     workers: int
+    killed_meta_leader: bool = False  # the killed node led JetStream's meta group
     undelivered_duplicates: int = 0  # a member handed on an id twice (must be 0)
     per_member: list[int] = field(default_factory=list)
     reconnects: int = 0
@@ -418,15 +420,18 @@ def run_scale(settings: ScaleSettings, workdir: Path | None = None,
         log(f"{settings.gateways} gateways in {workers} processes; running "
             f"{settings.duration_s:g} s")
         killed = None
+        killed_leader = False
         window: tuple[float, float] | None = None
         rss: list[float | None] = [None] * len(cluster.nodes)
         if settings.kill_at_s is not None:
             _sleep_until(start + settings.kill_at_s)
             victim = 0
             killed = cluster.nodes[victim].name
+            killed_leader = cluster.meta_leader(victim) == killed
             t_kill = time.monotonic()
             cluster.kill(victim)
-            log(f"killed node {killed} (SIGKILL) at {t_kill - start:.1f} s")
+            role = ", the JetStream meta leader" if killed_leader else ""
+            log(f"killed node {killed} (SIGKILL{role}) at {t_kill - start:.1f} s")
             _sleep_until(t_kill + settings.down_s)
             cluster.restart(victim)
             t_back = time.monotonic()
@@ -510,6 +515,7 @@ def run_scale(settings: ScaleSettings, workdir: Path | None = None,
         duration_s=settings.duration_s,
         consumers=settings.consumers,
         workers=min(settings.workers, settings.gateways),
+        killed_meta_leader=killed_leader,
         undelivered_duplicates=undelivered_dups,
         per_member=per_member,
         reconnects=sum(int(g["reconnects"]) for g in produced.values()),
