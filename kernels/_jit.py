@@ -19,6 +19,7 @@ of them:
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -27,6 +28,32 @@ import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
+
+
+def _load_numba_without_cffi() -> None:
+    """Load numba's cffi support with cffi hidden, so that it is off.
+
+    When cffi is installed (cryptography depends on it), numba's typing context imports it
+    on the first compile or cache load and builds a C declaration parser (``cffi.FFI()``:
+    pycparser's lexer and parser tables), about 0.2 s of every agent start and 1.5 MB, for
+    calling cffi functions from compiled code, which no kernel does. numba decides once, when
+    ``numba.core.typing.cffi_utils`` is first imported; cffi itself stays importable for
+    everything else in the process."""
+    if "numba.core.typing.cffi_utils" in sys.modules:
+        return
+    had = "cffi" in sys.modules
+    saved = sys.modules.get("cffi")
+    sys.modules["cffi"] = None  # type: ignore[assignment]  # `import cffi` raises ImportError
+    try:
+        import numba.core.typing.cffi_utils  # noqa: F401
+    finally:
+        if had:
+            sys.modules["cffi"] = saved  # type: ignore[assignment]
+        else:
+            del sys.modules["cffi"]
+
+
+_load_numba_without_cffi()
 
 JIT_OPTIONS: dict[str, Any] = {
     "cache": True,
