@@ -108,12 +108,12 @@ def measure_agent(
 ) -> dict[str, Any]:
     """Cold start once, then ``warm_repeats`` warm starts. Returns (seconds, MiB):
 
-    cold_start_s: spawn to running with an empty cache. The agent's start-up warm-up does not
-        compile the ingest kernel (it ingests an empty batch, which ZoneEngine.ingest returns
-        from early), so the cold launch then replays simulated reads until the ingest kernel
-        appears in the cache: cold_first_ingest_s is spawn to that moment (the first tick with
-        reads after a fresh install stalls until then), rss_cold_mb the RSS at that moment
-        (compiler memory included). This also leaves the cache complete for the warm launches.
+    cold_start_s: spawn to running with an empty cache (the start-up warm-up compiles every
+        kernel, the ingest kernel too: ZoneEngine.ingest runs its first batch through the
+        kernel even when empty). The cold launch then replays simulated reads until the
+        ingest kernel is in the cache: cold_first_ingest_s is spawn to that moment,
+        rss_cold_mb the RSS then (compiler memory included). This leaves the cache complete
+        for the warm launches.
     warm_start_s: median spawn-to-running of the warm launches (each one in warm_starts_s).
     rss_mb / rss_peak_mb: VmRSS / VmHWM of the last warm launch after ``steady_s`` seconds of
         simulated reads.
