@@ -278,8 +278,16 @@ async def _consume(member: int, nats_urls: list[str], subject: str, ready: Any, 
 
     # Each member prefers another node; all three are in its list for failover.
     servers = nats_urls[member % len(nats_urls):] + nats_urls[:member % len(nats_urls)]
+    errors = 0
+
+    async def on_error(_exc: Exception) -> None:
+        # A node killed under the member is expected here; nats-py reconnects to another.
+        nonlocal errors
+        errors += 1
+
     nc = await nats.connect(servers=servers, dont_randomize=True, reconnect_time_wait=0.2,
-                            max_reconnect_attempts=-1, name=f"{GROUP}-{member}")
+                            max_reconnect_attempts=-1, name=f"{GROUP}-{member}",
+                            error_cb=on_error)
     seen: set[str] = set()
     records: list[tuple[Any, ...]] = []
     deduped = 0
@@ -307,7 +315,7 @@ async def _consume(member: int, nats_urls: list[str], subject: str, ready: Any, 
     await asyncio.sleep(0.5)
     with contextlib.suppress(Exception):
         await nc.drain()
-    out.write_text(json.dumps({"records": records, "deduped": deduped}))
+    out.write_text(json.dumps({"records": records, "deduped": deduped, "errors": errors}))
 
 
 def _consumer(member: int, nats_urls: list[str], subject: str, ready: Any, stop: Any,
