@@ -63,7 +63,7 @@ def test_scale_bounded_no_loss_no_gap(tmp_path: Path) -> None:
                              workers=2, drain_s=20.0)
     t0 = time.monotonic()
     report = run_scale(settings, tmp_path, log=lambda _m: None, inspect=read_retained)
-    assert time.monotonic() - t0 < 150
+    assert time.monotonic() - t0 < 240  # ~1 min on an idle 2-core machine
 
     assert report.messages > GATEWAYS * ZONES_PER_GATEWAY * 20  # state every tick, mostly
     assert report.lost == 0, report
