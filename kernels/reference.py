@@ -504,7 +504,7 @@ class ReferenceEngine:
                     wait, method[z] = last_exit - self.t_start, METHOD_AT_LEAST
             out["wait_s"][z] = wait
             mu_j = served_j / busy * keep_out / rate_out if busy > 0 else 0.0
-            stalled = silence > 2.0 * p.stall_s
+            stalled = silence > min(2.0 * p.stall_s, max(p.stall_s, 2.0 * longest))
             cap = self.capacity[z]
             walk = 0.0 if math.isinf(self.min_wait[z]) else self.min_wait[z]
             if (served_j >= p.min_measured_waits and not stalled

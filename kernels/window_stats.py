@@ -375,7 +375,10 @@ def zone_metrics(
         out_f[M_WAIT, z] = wait
         out_method[z] = method
         service = served_j / busy * keep_out / rate_out if busy > 0.0 else 0.0
-        stalled = silence > 2.0 * stall_s
+        # stalled: silent for two dispatch intervals (twice the longest gap of the window,
+        # at least stall_s), and at most 2 * stall_s: a stopped ride's posted wait goes
+        # blank within two missed dispatches, not two minutes
+        stalled = silence > min(2.0 * stall_s, max(stall_s, 2.0 * longest))
         walk = 0.0 if np.isinf(min_wait[z]) else min_wait[z]
         if (served_j >= min_measured and not stalled and method == METHOD_MEASURED
                 and wait > walk + 4.0 * residual):
@@ -499,8 +502,8 @@ def joining_wait(
     dispatch cancel). The joiner boards likewise behind the last of them. A long line gives
     queue_len / service; a short one ``empty_s`` (guests still walking the line do not
     hold the joiner up). NaN without evidence of service: fewer than ``min_measured`` exits
-    read, or ``stalled`` (the exit reader has been silent for over twice stall_s: a stopped
-    ride, whose wait depends on when it restarts)."""
+    read, or ``stalled`` (the exit reader has been silent for two dispatch intervals: a
+    stopped ride, whose wait depends on when it restarts)."""
     floor = empty_s
     if queue_len <= 0.0 or line.size == 0:
         return floor

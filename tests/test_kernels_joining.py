@@ -203,3 +203,25 @@ def test_gateway_names_every_method_the_kernels_produce() -> None:
     assert set(gateway.WAIT_METHOD_NAMES.values()) == set(contract.WAIT_METHODS)
     assert set(gateway.QUEUE_METHOD_NAMES.values()) == set(contract.QUEUE_LENGTH_METHODS)
 
+
+
+@pytest.mark.parametrize("cls", ENGINES, ids=["numba", "reference"])
+def test_a_stopped_ride_goes_blank_after_two_missed_dispatches(cls: Any) -> None:
+    # Trains of 10 every 40 s for 10 min with a line of 30 guests, then the ride stops: the
+    # posted wait goes blank once two dispatches (80 s) are missed, not after 2 * stall_s
+    e = cls(QUEUE, max_tags=4096)
+    e.tick(0.0)
+    reads, tag = [], 1
+    for k in range(15):
+        for _ in range(10):
+            reads.append((40.0 * k - 300.0, tag, 0))
+            reads.append((40.0 * k + 0.1, tag, 1))
+            tag += 1
+    for k in range(30):  # still in line when the ride stops
+        reads.append((300.0 + k, tag + k, 0))
+    ts, tg, reader = (np.array(c) for c in zip(*sorted(r for r in reads if r[0] > 0),
+                                               strict=True))
+    e.ingest(ts.astype(float), tg.astype(np.uint64), reader.astype(np.int32))
+    last = 40.0 * 14 + 0.1
+    assert np.isfinite(e.tick(last + 70.0).wait_joining_s[0])
+    assert np.isnan(e.tick(last + 90.0).wait_joining_s[0])
