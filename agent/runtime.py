@@ -13,6 +13,7 @@ reads anything), then the pseudonym key, then the numba cache directory (numba r
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import json
 import logging
@@ -47,6 +48,26 @@ def monotonic_epoch_clock() -> Callable[[], float]:
     """
     epoch0, mono0 = time.time(), time.monotonic()
     return lambda: epoch0 + (time.monotonic() - mono0)
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
+LARGE_BLOCK = 128 * 1024  # bytes: glibc's own starting threshold
+
+
+def give_back_large_blocks() -> None:
+    """Keep every block of at least LARGE_BLOCK bytes in its own mapping, so that freeing it
+    gives the memory back to the OS.
+
+    glibc starts so, then raises the threshold to the size of the largest such block freed
+    (up to 32 MB): after the first checkpoint, the copies of the engine's arrays each later
+    one makes (28 MB, in a worker thread) came from heaps that keep what is freed, about
+    14 MB of steady RSS. Setting the threshold turns that adjustment off. No effect where
+    the C library is not glibc (mallopt missing or ignoring the parameter)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK)
 
 
 def settle_heap() -> None:
@@ -107,6 +128,7 @@ class Agent:
         self._next_drop_report = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cpu_mark = (time.monotonic(), time.process_time())
+        give_back_large_blocks()
         self.outbox = _open_outbox(cfg)
         try:
             key = load_or_create_key(cfg.key_path,
