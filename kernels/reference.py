@@ -507,8 +507,9 @@ class ReferenceEngine:
             stalled = silence > min(2.0 * p.stall_s, max(p.stall_s, 2.0 * longest))
             cap = self.capacity[z]
             walk = 0.0 if math.isinf(self.min_wait[z]) else self.min_wait[z]
-            if (served_j >= p.min_measured_waits and not stalled
-                    and method[z] == METHOD_MEASURED and wait > walk + 4.0 * residual):
+            busy_line = (served_j >= p.min_measured_waits and not stalled
+                         and method[z] == METHOD_MEASURED and wait > walk + 4.0 * residual)
+            if busy_line:
                 cap[:] = [mu_j, now]  # a busy line: the boarders missed a full dispatch
             else:
                 # a short line is served at capacity (its exits are the demand): the rate last
@@ -530,8 +531,8 @@ class ReferenceEngine:
                 seats = fullest / (gaps / n_gaps) if n_gaps and gaps > 0 else 0.0
                 mu_j = max(mu_j, seats * keep_out / rate_out)
             floor = walk + residual
-            if method[z] == METHOD_MEASURED and wait < floor:
-                floor = wait  # the boarders waited less than the walk measured
+            if method[z] == METHOD_MEASURED and not busy_line:
+                floor = wait  # a line that is not busy: the boarders waited the empty line's
             if count <= 0 or not line:
                 out["wait_joining_s"][z] = floor
             elif served_j >= p.min_measured_waits and mu_j > 0 and not stalled:

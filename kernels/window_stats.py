@@ -380,8 +380,9 @@ def zone_metrics(
         # blank within two missed dispatches, not two minutes
         stalled = silence > min(2.0 * stall_s, max(stall_s, 2.0 * longest))
         walk = 0.0 if np.isinf(min_wait[z]) else min_wait[z]
-        if (served_j >= min_measured and not stalled and method == METHOD_MEASURED
-                and wait > walk + 4.0 * residual):
+        busy_line = (served_j >= min_measured and not stalled
+                     and method == METHOD_MEASURED and wait > walk + 4.0 * residual)
+        if busy_line:
             # a busy line: the guests boarding now waited more than the walk and two
             # dispatch intervals (a dispatch interval is twice the residual), so the dispatch
             # before theirs left full: the exits ran at the ride's capacity
@@ -397,10 +398,12 @@ def zone_metrics(
             seats = dispatch_rate(dep_t, dep_kind, dep_n, z, join_lo, stall_s, residual)
             service = max(service, seats * keep_out / rate_out)
         empty = walk + residual  # the wait of an empty line
-        if method == METHOD_MEASURED and wait < empty:
-            # ... unless the guests boarding now waited less: the walk is the shortest wait
-            # of a guest who had few exits ahead, which a ride that loads many guests at a
-            # time may never see, so it can be long by part of a dispatch interval
+        if method == METHOD_MEASURED and not busy_line:
+            # ... but on a line that is not busy the guests boarding now walked it and caught
+            # the next dispatch: their wait is the empty line's, measured. The walk is only
+            # the shortest wait of a guest who had few exits ahead, which a ride loading many
+            # at a time rarely shows (long by part of a dispatch interval), and one read
+            # stamped late (a reader's line that buffered it) shortens it for good
             empty = wait
         out_f[M_WAIT_JOINING, z] = joining_wait(
             now, line, count, service, served_j, min_measured, empty, stalled
