@@ -1,16 +1,17 @@
 """Accuracy regression guard: the quick run of bench/accuracy.py against the simulator's truth.
 
 Quick mode runs seed 1 of morning_rush (first 1.5 h), ride_breakdown (first 2 h), noisy_radio
-(first 1.5 h), glitchy_lines (first 1 h) and ble_areas (first 75 min) through the gateway core
-in 1 s ticks, about 20 s in all. The bounds are
+(first 1.5 h), glitchy_lines (first 1 h), ble_areas (first 75 min) and queue_at_start (2 h)
+through the gateway core in 1 s ticks, about 30 s in all. The bounds are
 the issue's targets (wait_mae_pct <= 10, queue_length_mae_pct <= 5, moment precision and recall
 >= 0.95, moment_delay_s <= 60, forecast_lead_min >= 5 on the rush), relaxed where stated,
 plus tighter guards near what the estimators achieve today, so that a regression shows long
 before a target is missed. noisy_radio (60 % read rates, stray reads of passers-by) is held to
 the wait target only: its stray entry reads inflate queue_length (see the bench's report).
 ble_areas is held to its acceptance (occupancy_mae_pct <= 8, departure_delay_s <= 20).
-queue_at_start (a line already long when the agent starts) is not guarded: today's kernels
-miss it (see docs/simulators.md).
+queue_at_start (2 h: the agent starts on a ~1,000-guest line it never saw enter) is held to
+the targets once warmed up: until the first guest it saw enter boards (~34 min) the
+unseen part of the line is not in the reads, and the gateway marks its figures warming_up.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ QUEUES = ("morning_rush", "ride_breakdown", "noisy_radio", "glitchy_lines")
 def test_quick_run_covers_the_rush_the_breakdown_bad_radio_bad_lines_and_ble(
         report: dict[str, Any]) -> None:
     assert report["quick"] is True
-    assert set(report["scenarios"]) == {*QUEUES, "ble_areas"}
+    assert set(report["scenarios"]) == {*QUEUES, "ble_areas", "queue_at_start"}
     for name in QUEUES:
         s = report["scenarios"][name]
         assert s["wait_coverage"] > 0.99  # a wait whenever the truth has one
@@ -70,9 +71,31 @@ def test_forecast_warns_well_before_the_rush_crosses(report: dict[str, Any]) -> 
 
 def test_bad_radio_still_measures_the_wait(report: dict[str, Any]) -> None:
     s = report["scenarios"]["noisy_radio"]
-    assert s["wait_mae_pct"] <= 8.0  # target 10; ~3 today
+    assert s["wait_mae_pct"] <= 5.0  # target 5; ~3 today
     assert s["moment_recall"] >= 0.95
-    assert s["queue_length_mae_pct"] <= 35.0  # a known miss (~25): stray entry reads
+    # target 8 over the full 3 h and 3 seeds (~6 there); the first 1.5 h of seed 1, ~9.6
+    assert s["queue_length_mae_pct"] <= 12.0
+    assert s["wait_joining_mae_pct"] <= 15.0  # target 15; ~12 today
+
+
+@pytest.mark.parametrize("name", QUEUES)
+def test_the_read_rate_correction_never_makes_the_count_worse(report: dict[str, Any],
+                                                            name: str) -> None:
+    # corrected queue_length no further from the truth than the count as read (occupancy)
+    # by more than 2 % of the true mean
+    s = report["scenarios"][name]
+    assert s["queue_length_mae_pct"] <= s["queue_occupancy_mae_pct"] + 2.0
+
+
+@pytest.mark.parametrize(("name", "bound"), [("morning_rush", 10.0), ("glitchy_lines", 20.0),
+                                             ("ride_breakdown", 25.0)])
+def test_the_posted_wait_is_close_to_the_wait_of_a_guest_joining_now(
+        report: dict[str, Any], name: str, bound: float) -> None:
+    # targets: 10 overall, 15 per scenario over the full runs. The quick run's slices are
+    # held near today's figures (~6, ~16 and ~18: glitchy_lines' first hour and
+    # ride_breakdown's first 2 h, whose stop makes a joining guest's wait jump to the restart
+    # while the exits still flow, are the hardest parts of those runs)
+    assert report["scenarios"][name]["wait_joining_mae_pct"] <= bound
 
 
 def test_bad_lines_and_held_bands_do_not_disturb_the_estimates(report: dict[str, Any]) -> None:
@@ -117,3 +140,15 @@ def test_plots_are_drawn(tmp_path: Path) -> None:
     run = accuracy.run_one("morning_rush", 1, duration_s=1200.0)
     accuracy.plot_run(run, tmp_path / "rush.png")
     assert (tmp_path / "rush.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_gateway_started_on_a_long_line_marks_warming_up_then_meets_the_targets(
+        report: dict[str, Any]) -> None:
+    s = report["scenarios"]["queue_at_start"]
+    settled = s["settled"]
+    # Dino warms up for ~34 of the 120 min (its ~1,000 guests board first); Jungle briefly
+    assert 0.08 < settled["warming_share"] < 0.25, settled
+    assert s["wait_method_share"].get("at_least", 0) > 0.08  # wait_s: at least since start
+    assert settled["queue_length_mae_pct"] <= 8.0  # ~3 today
+    assert settled["wait_joining_mae_pct"] <= 15.0  # ~6-8 today
+    assert settled["wait_mae_pct"] <= 5.0  # ~1 today
