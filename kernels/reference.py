@@ -535,7 +535,8 @@ class ReferenceEngine:
                 floor = wait  # a line that is not busy: the boarders waited the empty line's
             if count <= 0 or not line:
                 out["wait_joining_s"][z] = floor
-            elif served_j >= p.min_measured_waits and mu_j > 0 and not stalled:
+            elif (served_j >= p.min_measured_waits and longest > 0 and mu_j > 0
+                  and not stalled):  # a rate needs exits spread in time (not one train)
                 # each guest boards a walk (and a dispatch) after entering, but not before
                 # the guests ahead have boarded at the service rate
                 step = count / len(line) / mu_j

@@ -405,8 +405,10 @@ def zone_metrics(
             # at a time rarely shows (long by part of a dispatch interval), and one read
             # stamped late (a reader's line that buffered it) shortens it for good
             empty = wait
+        # a rate needs exits spread in time: the first train after a stop loads all at once
+        spread = served_j if longest > 0.0 else 0
         out_f[M_WAIT_JOINING, z] = joining_wait(
-            now, line, count, service, served_j, min_measured, empty, stalled
+            now, line, count, service, spread, min_measured, empty, stalled
         )
         if rate_span_s < rate_window_s:
             # a fresh engine: rates over a part-window are biased by the line filling up
@@ -505,8 +507,9 @@ def joining_wait(
     dispatch cancel). The joiner boards likewise behind the last of them. A long line gives
     queue_len / service; a short one ``empty_s`` (guests still walking the line do not
     hold the joiner up). NaN without evidence of service: fewer than ``min_measured`` exits
-    read, or ``stalled`` (the exit reader has been silent for two dispatch intervals: a
-    stopped ride, whose wait depends on when it restarts)."""
+    read (``served``; 0 when they were all read at one time, one train: no rate yet), or
+    ``stalled`` (the exit reader has been silent for two dispatch intervals: a stopped ride,
+    whose wait depends on when it restarts)."""
     floor = empty_s
     if queue_len <= 0.0 or line.size == 0:
         return floor

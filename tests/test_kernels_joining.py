@@ -225,3 +225,11 @@ def test_a_stopped_ride_goes_blank_after_two_missed_dispatches(cls: Any) -> None
     last = 40.0 * 14 + 0.1
     assert np.isfinite(e.tick(last + 70.0).wait_joining_s[0])
     assert np.isnan(e.tick(last + 90.0).wait_joining_s[0])
+    # it restarts 20 min later: the first train (10 exits read at once) is no rate yet, the
+    # second one 40 s later is
+    for k, at in enumerate((last + 1200.0, last + 1240.0)):
+        ts = np.full(10, at)
+        tg = np.arange(tag + 10 * k, tag + 10 * k + 10, dtype=np.uint64)
+        e.ingest(ts, tg, np.ones(10, np.int32))
+        m = e.tick(at + 1.0)
+        assert np.isnan(m.wait_joining_s[0]) if k == 0 else np.isfinite(m.wait_joining_s[0])
