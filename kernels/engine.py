@@ -546,6 +546,7 @@ class ZoneEngine:
             np.float64(p.stall_s),
             np.float64(p.capacity_s),
             np.float64(self._gap_lo),
+            np.float64(self._gap_hi),
             np.float64(self._t_start),
             t.zone_kind,
             self._zone_count,

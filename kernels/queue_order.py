@@ -74,3 +74,14 @@ def fifo_frontier(fifo_entry: np.ndarray, fifo_n: np.ndarray, z: int) -> float:
     for k in range(1, width):
         f = min(f, fifo_entry[z, k])
     return f
+
+
+@jit
+def unseen_in_gap(frontier: float, gap_lo: float, gap_hi: float) -> float:
+    """Seconds (float) of the engine's last down time, ``gap_lo`` to ``gap_hi``, whose
+    entrants are still in line: those after the FIFO ``frontier`` (the earliest entry of the
+    last K measured exits; -inf before K of them). 0 when there was no gap. Guests who joined
+    in that time were never read at the entry; times the arrival rate, this is how many."""
+    if not gap_hi > gap_lo:
+        return 0.0
+    return max(0.0, gap_hi - max(gap_lo, frontier))

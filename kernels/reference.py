@@ -479,6 +479,8 @@ class ReferenceEngine:
                 arrivals /= read_rate
                 throughput *= keep_out / rate_out
                 count /= read_rate
+                if self.gap_hi > self.gap_lo:  # guests who joined while down, still in line
+                    count += arrivals / 60.0 * max(0.0, self.gap_hi - max(self.gap_lo, frontier))
                 out["queue_length_factor"][z] = 1.0 / read_rate
             else:
                 ql_method[z] = QL_NONE

@@ -60,7 +60,7 @@ from .codes import (
     M_WAIT,
     M_WAIT_JOINING,
 )
-from .queue_order import fifo_frontier
+from .queue_order import fifo_frontier, unseen_in_gap
 from .topology import (
     KIND_AREA,
     METHOD_AT_LEAST,
@@ -187,6 +187,7 @@ def zone_metrics(
     stall_s: float,
     capacity_s: float,
     gap_lo: float,
+    gap_hi: float,
     t_start: float,
     zone_kind: np.ndarray,
     zone_count: np.ndarray,
@@ -344,6 +345,10 @@ def zone_metrics(
         arrivals /= rate_in
         throughput *= keep_out / rate_out
         count /= rate_in
+        # Guests who joined while the gateway was down (gap_lo..gap_hi, a restart) were never
+        # read at the entry: until the guests boarding entered after the gap, count them at
+        # the arrival rate measured around it (arrivals leaves the gap out of its span).
+        count += arrivals / 60.0 * unseen_in_gap(frontier, gap_lo, gap_hi)
         out_f[M_LENGTH_FACTOR, z] = 1.0 / rate_in
         out_f[M_QUEUE_LENGTH, z] = count
         out_f[M_ARRIVALS, z] = arrivals
