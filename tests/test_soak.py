@@ -200,6 +200,6 @@ def test_soak_bounded(tmp_path: Path) -> None:
 
 
 @pytest.mark.soak
-@pytest.mark.timeout(0)  # 1,000 cycles take about an hour
+@pytest.mark.timeout(0)  # 1,000 cycles take one to two hours
 def test_soak_full(tmp_path: Path) -> None:
     _check(soak(tmp_path, int(os.environ.get("SOAK_CYCLES", "1000"))))
