@@ -4,6 +4,7 @@
 #   nats-server                   the clustered broker (JetStream, MQTT 3.1.1) of the scale test
 #   tmux                          a real terminal for the staff console's key tests
 #   openssl                       the command line that makes the TLS tests' CA and certificates
+#   chromium, chromium-driver     the headless browser (and its WebDriver) of the board's browser test
 #   dbus                          dbus-daemon: the private system bus of the BLE tests
 #   libdbus-1-dev, libglib2.0-dev headers to build dbus-python (python-dbusmock needs it;
 #   pkg-config, build-essential,  PyPI has no wheels, so pip compiles it)
@@ -14,7 +15,8 @@ set -e
 PY="${PY:-python3}"
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
-    echo "not a Debian system: install mosquitto and its clients, nats-server, dbus-daemon, the libdbus-1" >&2
+    echo "not a Debian system: install mosquitto and its clients, nats-server, chromium and chromedriver," >&2
+    echo "dbus-daemon, the libdbus-1" >&2
     echo "and glib-2.0 development headers, pkg-config, a C compiler and the Python headers" >&2
     exit 1
 fi
@@ -29,6 +31,8 @@ command -v mosquitto_sub >/dev/null 2>&1 || missing="$missing mosquitto-clients"
 command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing="$missing nats-server"
 command -v tmux >/dev/null 2>&1 || missing="$missing tmux"
 command -v openssl >/dev/null 2>&1 || missing="$missing openssl"
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium-driver"
 for pkg in dbus libdbus-1-dev libglib2.0-dev pkg-config; do
     installed "$pkg" || missing="$missing $pkg"
 done
