@@ -32,7 +32,7 @@ demo: deps-demo
 test: deps-test
 	$(BIN)/ruff check agent firmware_bridge kernels simulators tests $(wildcard bench)
 	$(BIN)/mypy
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=25 $(PYTEST_ARGS)
 
 lint: deps-test
 	$(BIN)/ruff check agent firmware_bridge kernels simulators tests $(wildcard bench)
