@@ -228,7 +228,7 @@ mqtt {{
         leader = meta.get("leader") if isinstance(meta, dict) else None
         if leader:
             return str(leader)
-        if len(self.nodes) == 1 and info is not None and not info.get("disabled", True):
+        if len(self.nodes) == 1 and info is not None and not info.get("disabled", False):
             return self.nodes[index].name
         return None
 

@@ -84,3 +84,12 @@ def test_scale_bounded_no_loss_no_gap(tmp_path: Path) -> None:
     for topic in zones:
         ids = {retained[i][topic]["id"] for i in range(3)}
         assert len(ids) == 1, f"{topic}: nodes disagree on the retained state {ids}"
+
+
+def test_nats_single_node_becomes_ready(tmp_path: Path) -> None:
+    # One node has no meta group: it is ready once /jsz says JetStream is on (a /jsz
+    # without "disabled" means on: the server omits the field when it is false).
+    with NatsCluster(tmp_path, nodes=1, ready_timeout_s=15.0) as cluster:
+        assert cluster.alive(0)
+        assert cluster.meta_leader(0) == "n1"
+        assert "cluster {" not in (tmp_path / "n1.conf").read_text()
