@@ -5,6 +5,10 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist). Most end-to-end tests wait on real time (replays, brokers,
+# outages), so two workers halve the wall time on a 2-core machine; each test file stays in
+# one worker (module fixtures run once). TEST_WORKERS=0 runs everything in this process.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test lint typecheck bench accuracy scale soak fuzz clean deps-test deps-demo system-deps
 
@@ -32,7 +36,7 @@ demo: deps-demo
 test: deps-test
 	$(BIN)/ruff check agent firmware_bridge kernels simulators tests $(wildcard bench)
 	$(BIN)/mypy
-	$(BIN)/python -m pytest --durations=25 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 lint: deps-test
 	$(BIN)/ruff check agent firmware_bridge kernels simulators tests $(wildcard bench)

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.e2e
 
 VENUE = "v1"
 GATEWAYS = ("gw-a", "gw-b", "gw-c")
-GRACE_S, SYNC_S = 0.8, 0.1
+GRACE_S, SYNC_S = 2.0, 0.1  # grace: room for a busy machine; a late message is no gap
 
 
 class Member:
@@ -143,7 +143,8 @@ def members() -> Iterator[list[Member]]:
 
 
 def check_exactly_once(group: list[Member], sent: list[str]) -> None:
-    wait_for(lambda: len(messages(group)) >= len(sent), 10, f"{len(sent)} messages")
+    # A bound on waiting, not a speed figure: a busy 2-core machine can take a while.
+    wait_for(lambda: len(messages(group)) >= len(sent), 30, f"{len(sent)} messages")
     ids = Counter(line["payload"]["id"] for line in messages(group))
     assert set(ids) == set(sent)
     assert max(ids.values()) == 1, [i for i, n in ids.items() if n > 1]
