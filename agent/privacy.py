@@ -46,9 +46,12 @@ the point), and the previous key lives that long in memory. A restart during the
 ends it (the previous key is not on disk): visits in progress then split.
 
 **Memory.** Raw ids live between decoding and hashing. A cache of the current epoch's
-pseudonyms, keyed by raw id, saves the HMAC for wristbands read over and over: it holds at
-most ``cache_size`` (4096) ids per protocol, drops the older half when full, and is emptied
-at every rotation. Python cannot promise that a dropped key's memory is overwritten.
+pseudonyms, keyed by raw id, saves the HMAC for wristbands read over and over: it keeps a
+working set of up to ``cache_size`` (16384) ids per protocol, in two generations of that size
+(at most twice as many raw ids, ~4 MB; the older generation is dropped when the current one
+fills), and is emptied at every rotation. The bound is sized for the wristbands a gateway's readers hear again and
+again (a crowd at an entry, a plaza full of beacons): a working set over it pays an HMAC per
+read. Python cannot promise that a dropped key's memory is overwritten.
 
 A pseudonymiser made with plain ``bytes`` (simulations, benchmarks, tests) treats them as a
 master key and derives every epoch's key from it directly (``epoch_key``), as the first
@@ -79,7 +82,7 @@ from typing import Any, Protocol
 log = logging.getLogger(__name__)
 
 KEY_BYTES = 32
-CACHE_SIZE = 4096
+CACHE_SIZE = 16384  # working set of raw ids per protocol (two generations of this size)
 _EPOCH_LABEL = b"venue-agent/pseudonym-epoch/"  # the first format: master key -> epoch key
 _RATCHET_LABEL = b"venue-agent/pseudonym-ratchet/"  # key[e] -> key[e + 1]
 _FORMAT = "v2"  # the key file's first word
@@ -350,9 +353,10 @@ class Pseudonymizer:
     their previous-epoch pseudonym for ``carry_over_s`` (the carry-over, module docstring),
     and ``settle(now, live)`` after each tick ends it for those that left.
 
-    The cache holds at most ``cache_size`` raw ids per protocol, in two generations: when
-    the current one is half full it becomes the previous one (the one before is dropped),
-    and a hit in the previous one moves the id back. Wristbands read over and over stay
+    The cache holds at most ``2 * cache_size`` raw ids per protocol, in two generations: when
+    the current one holds ``cache_size`` it becomes the previous one (the one before is
+    dropped), and a hit in the previous one moves the id back, so a working set of up to
+    ``cache_size`` wristbands read in turn never misses. Wristbands read over and over stay
     cached; a venue with more live wristbands than fit costs an HMAC (about 1.5 us) per miss
     (two during a carry-over).
     """
@@ -373,7 +377,7 @@ class Pseudonymizer:
             carry_over_s = privacy.carry_over_s if privacy is not None else CARRY_OVER_S
         self.carry_over_s = float(carry_over_s)
         self._live = live
-        self._generation = max(1, cache_size // 2)
+        self._generation = max(1, cache_size)
         # Per protocol, keyed by the raw id alone: no tuple to build per read.
         self._cache: dict[str, dict[bytes, int]] = {}
         self._previous: dict[str, dict[bytes, int]] = {}

@@ -88,14 +88,21 @@ class Em4100Decoder(BufferedDecoder):
     protocol = PROTOCOL
     max_frame_len = FRAME_LEN_CRLF
 
-    #: Frames remembered by the fast path (a wristband is read over and over).
-    cache_size = 4096
+    #: Frames remembered by the fast path (a wristband is read over and over): a working set
+    #: this large stays cached, in two generations of this size (at most ~8 MB): the
+    #: wristbands one reader hears again and again (a busy entry, a crowd of held bands). A
+    #: larger set pays the full check on some reads. The frames hold raw ids, which never
+    #: leave this process (see agent.privacy).
+    cache_size = 16384
 
     def __init__(self) -> None:
         super().__init__()
-        # Whole frame bytes -> its (immutable) read. Bounded and cleared when full: it holds
-        # raw ids, which never leave this process (see agent.privacy).
+        # Whole frame bytes -> its (immutable) read. When the current generation is full it
+        # becomes the previous one (the one before is dropped); a hit there moves the frame
+        # back, so a working set up to ``cache_size`` frames stays cached. (Clearing the
+        # whole cache when full, as before, missed on every read of a set just over it.)
         self._seen: dict[bytes, RawRead] = {}
+        self._older: dict[bytes, RawRead] = {}
 
     def feed(self, data: bytes) -> list[RawRead]:
         """Consume ``data``; return the reads completed by it, in order.
@@ -127,13 +134,18 @@ class Em4100Decoder(BufferedDecoder):
                 if m is None:
                     break
                 end = m.end()
-                b = bytes.fromhex(data[pos + 1 : pos + _TAIL].decode("ascii"))
-                if b[0] ^ b[1] ^ b[2] ^ b[3] ^ b[4] != b[5]:
-                    break  # a bad checksum: the hunt counts it
-                rd = RawRead(PROTOCOL, b[:5])
+                frame = data[pos:end]
+                rd = self._older.get(frame)
+                if rd is None:
+                    b = bytes.fromhex(data[pos + 1 : pos + _TAIL].decode("ascii"))
+                    if b[0] ^ b[1] ^ b[2] ^ b[3] ^ b[4] != b[5]:
+                        break  # a bad checksum: the hunt counts it
+                    rd = RawRead(PROTOCOL, b[:5])
                 if len(seen) >= self.cache_size:
-                    seen.clear()
-                seen[data[pos:end]] = rd
+                    self._older, seen = seen, {}
+                    self._seen = seen
+                    get = seen.get
+                seen[frame] = rd
                 pos = end
             append(rd)
         self.stats.frames += len(out)

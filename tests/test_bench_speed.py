@@ -33,6 +33,7 @@ FIGURES = (
     "cold_first_ingest_s",
     "rss_mb",
     "rss_cold_mb",
+    "gateway_pty_reads_per_cpu_s",
 )
 
 KERNEL_VS_BARE_FLOOR = 0.15

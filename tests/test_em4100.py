@@ -219,3 +219,39 @@ def test_frames_seen_before_decode_as_the_first_time_in_both_variants() -> None:
     assert first == again == fresh
     assert [r.tag_id for r in first] == [a, b] * 4
     assert dec.stats.bad_frames == 2 * fresh_dec.stats.bad_frames == 2
+
+
+def test_a_working_set_as_large_as_the_frame_cache_stays_cached_and_decodes_the_same(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames read in turn, as many as the cache holds: after the first round none is
+    checked again (the hex parse is not called), also after a new frame starts a new
+    generation (clearing the cache when full, as before, checked all of them again); more
+    frames than that still decode exactly as a fresh decoder decodes them."""
+    monkeypatch.setattr(Em4100Decoder, "cache_size", 16)
+    tags = [bytes([1, 2, 3, 4, i]) for i in range(16)]
+    stream = b"".join(encode(t, crlf=i % 3 == 0) for i, t in enumerate(tags))
+    dec = Em4100Decoder()
+    first = dec.feed(stream)
+    assert [r.tag_id for r in first] == tags
+    import firmware_bridge.em4100 as em
+
+    parsed = 0
+    real = bytes.fromhex
+
+    class CountingBytes(bytes):
+        @classmethod
+        def fromhex(cls, s: str) -> bytes:  # type: ignore[override]
+            nonlocal parsed
+            parsed += 1
+            return real(s)
+
+    extra = encode(bytes([7, 7, 7, 7, 7]))
+    assert len(dec.feed(extra)) == 1  # the cache was full: a new generation begins
+    monkeypatch.setattr(em, "bytes", CountingBytes, raising=False)
+    for _ in range(4):
+        assert dec.feed(stream) == first  # the working set came back from the older one
+    assert parsed == 0
+    more = b"".join(encode(bytes([9, 9, 9, i >> 8, i & 0xFF])) for i in range(40))
+    got = dec.feed(more + stream)
+    fresh, _ = decode_all(more + stream)
+    assert got == fresh and parsed > 0
