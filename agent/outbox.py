@@ -9,7 +9,9 @@ can roll back the last commits, and the publisher may already have sent one of t
 restored stream counter would then hand the same ``seq`` to a different message, which a
 consumer reads as a duplicate and silently drops. FULL fsyncs the WAL on every commit, so
 anything the publisher can read is on the card. Commits are a few per second (one per tick
-with ``batch()``, and batched acks), well within what an SD card does.
+with ``batch()``, and batched acks), well within what an SD card does. Deleting acknowledged
+rows (``ack_many``) commits without an fsync of its own: undoing it can only bring back
+rows the broker already had (duplicates), and the next FULL commit syncs it too.
 
 Ownership: one thread (the agent's asyncio loop) owns an ``Outbox``; SQLite enforces that
 with ``check_same_thread``.
@@ -642,16 +644,29 @@ class Outbox:
         return self.ack_many([row]) == 1
 
     def ack_many(self, rows: Iterable[int]) -> int:
-        """Delete acknowledged rows in one transaction (one fsync); return how many existed."""
+        """Delete acknowledged rows in one transaction; return how many existed.
+
+        The commit does not fsync (``synchronous=NORMAL`` for this transaction only): a
+        power cut right after it can undo the deletes, and those rows are sent again with
+        their ``id`` and ``seq`` (a duplicate, which consumers drop, never a gap); the next
+        FULL commit (the next tick's) makes them durable with it. PUBACKs come one by one,
+        so this halves a gateway's fsyncs."""
         rows = list(rows)
         if not rows:
             return 0
-        with self._db.atomic():
-            deleted = 0
-            for row in rows:
-                deleted += self._db.execute(
-                    "DELETE FROM outbox_messages WHERE row = ?", [row]
-                ).rowcount
+        relax = not self._db.conn.in_transaction  # a PRAGMA inside one would be ignored
+        if relax:
+            self._db.execute("PRAGMA synchronous = NORMAL")
+        try:
+            with self._db.atomic():
+                deleted = 0
+                for row in rows:
+                    deleted += self._db.execute(
+                        "DELETE FROM outbox_messages WHERE row = ?", [row]
+                    ).rowcount
+        finally:
+            if relax:
+                self._db.execute("PRAGMA synchronous = FULL")
         return deleted
 
     def dead_letter(self, row: int, reason: str) -> bool:

@@ -21,10 +21,10 @@ import os
 import resource
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import Config
 from agent.outbox import Outbox
@@ -32,6 +32,9 @@ from agent.privacy import KeyFileError, Rotation, load_or_create_key, store_key
 from agent.sdnotify import Notifier
 from agent.topics import SCHEMA_ACK, SCHEMA_HEALTH, SCHEMA_STATUS, Topics
 from firmware_bridge.records import RawRead
+
+if TYPE_CHECKING:  # the core imports the kernels (numba) only once the cache is set
+    from agent.gateway import Outgoing
 
 log = logging.getLogger("venue_agent.runtime")
 
@@ -367,8 +370,18 @@ class Agent:
         self._store_key()
         if self._experiment is not None and result.nudges is not None:
             self._record_experiment(result.nudges)
+        self.store(result.messages, wall)
+        for ev in result.events:
+            log.info("moment %s %s %s (value %.1f%s)", ev.kind, ev.zone, ev.status, ev.value,
+                     ev.unit)
+        self.tick_ms_last = (time.perf_counter() - t0) * 1000.0
+        self.tick_ms_max = max(self.tick_ms_max, self.tick_ms_last)
+
+    def store(self, messages: Sequence[Outgoing], wall: float) -> None:
+        """A tick's messages to the outbox in one transaction (one fsync), with the
+        ``data_dropped`` moment for what the store dropped, when one is due."""
         with self.outbox.batch():  # one transaction (one fsync) per tick
-            for msg in result.messages:
+            for msg in messages:
                 self.outbox.enqueue(msg.topic, msg.payload, qos=msg.qos, retain=msg.retain,
                                     seq_stream=msg.seq_stream, coalesce_key=msg.coalesce_key,
                                     expiry_s=msg.expiry_s)
@@ -382,11 +395,6 @@ class Agent:
                     msg = self.core.data_dropped(report.ranges, wall)
                     self.outbox.enqueue(msg.topic, msg.payload, qos=msg.qos,
                                         seq_stream=msg.seq_stream)
-        for ev in result.events:
-            log.info("moment %s %s %s (value %.1f%s)", ev.kind, ev.zone, ev.status, ev.value,
-                     ev.unit)
-        self.tick_ms_last = (time.perf_counter() - t0) * 1000.0
-        self.tick_ms_max = max(self.tick_ms_max, self.tick_ms_last)
 
     def _record_experiment(self, plan: Any) -> None:
         """The nudge experiment's records, kept so the report survives restarts."""

@@ -125,6 +125,28 @@ def test_uses_wal_and_full_sync(tmp_path: Path) -> None:
         assert ob._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
 
 
+def test_acks_commit_without_their_own_fsync(tmp_path: Path) -> None:
+    # Deleting acknowledged rows needs no fsync of its own: a power cut that undoes it
+    # brings back rows the broker had (same id and seq: a duplicate, never a gap), and
+    # the next FULL commit syncs the WAL with it. Storing stays FULL.
+    with Outbox(tmp_path / "o.db") as ob:
+        rows = [ob.enqueue("t/a", {"n": i}, seq_stream="s") for i in range(3)]
+        statements: list[str] = []
+        ob._db.conn.set_trace_callback(statements.append)
+        assert ob.ack_many(rows[:2]) == 2
+        ob._db.conn.set_trace_callback(None)
+        text = [s.upper().replace(" ", "") for s in statements]
+        first_delete = next(i for i, s in enumerate(text) if s.startswith("DELETE"))
+        relaxed = [i for i, s in enumerate(text) if s == "PRAGMASYNCHRONOUS=NORMAL"]
+        assert relaxed and relaxed[0] < first_delete, statements
+        assert ob._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+        assert [m.row for m in ob.pending(10)] == rows[2:]
+        ob.enqueue("t/a", {"n": 3}, seq_stream="s")
+        assert ob._db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    with Outbox(tmp_path / "o.db") as ob:  # the deletes were kept
+        assert [json.loads(m.payload)["seq"] for m in ob.pending(10)] == [3, 4]
+
+
 # -- full storage: see test_outbox_drops.py (the cap drops the oldest, never the newest) --
 
 
