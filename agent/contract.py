@@ -26,6 +26,7 @@ from typing import Any
 from agent.config import ID_RE, BrokerConfig
 from agent.gateway import MOMENT_CONTEXT, STATE_FIELDS
 from agent.ids import CROCKFORD32
+from agent.moments import KINDS, READER_DOWN
 from agent.nudges import WITHDRAW_REASONS
 from agent.topics import (
     SCHEMA_ACK,
@@ -62,9 +63,8 @@ SCHEMAS_DIR = "schemas"
 SCHEMA_FORMAT = "application/schema+json;version=draft-2020-12"
 CONTRACT_VERSION = "1.0.0"  # the topic contract's version (the major is the schemas' @1)
 
-# Moment kinds the gateway's rules raise (agent/moments.py); each has the full moment body.
-RULE_KINDS = ("queue_long", "queue_rising", "wait_short", "zone_crowded", "dwell_long",
-              "reader_down")
+# Moment kinds the gateway's rules raise; each has the full moment body.
+RULE_KINDS = KINDS
 MOMENT_STATUSES = ("opened", "updated", "resolved")
 DISPATCH_STATUSES = ("opened", "resolved")
 PRIORITIES = ("high", "medium", "info")
@@ -365,7 +365,7 @@ def _moment() -> dict[str, Any]:
                    extra={"allOf": [
                        {"if": {"properties": {"kind": {"enum": list(RULE_KINDS)}}},
                         "then": {"required": rule_required}},
-                       {"if": {"properties": {"kind": {"const": "reader_down"}}},
+                       {"if": {"properties": {"kind": {"const": READER_DOWN}}},
                         "then": {"required": ["reader", "error"]}}]})
 
 

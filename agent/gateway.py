@@ -33,7 +33,17 @@ from agent import __version__
 from agent.checkpoint import Checkpoint, CheckpointError
 from agent.checkpoint import fingerprint as config_fingerprint
 from agent.config import Config, ReaderConfig, ZoneConfig
-from agent.moments import MomentEvent, MomentRules
+from agent.moments import (
+    ESCALATED_KINDS,
+    QUEUE_LONG,
+    QUEUE_RISING,
+    READER_DOWN,
+    STAND_DOWN_KINDS,
+    WAIT_SHORT,
+    ZONE_CROWDED,
+    MomentEvent,
+    MomentRules,
+)
 from agent.nudges import NudgePlanner, NudgeStep
 from agent.privacy import EpochKey, Pseudonymizer
 from agent.readbuffer import ReadBuffer
@@ -75,10 +85,6 @@ STATE_FIELDS: tuple[tuple[str, int], ...] = (
 # The metrics a moment carries as context, and a dispatch with it.
 MOMENT_CONTEXT = ("queue_length", "occupancy", "wait_s", "wait_joining_s", "wait_forecast_s",
                   "dwell_p90_s", "throughput_per_min")
-# Alerts that are escalated when nobody takes them (the ones with a dispatch on opening).
-ESCALATED_KINDS = ("queue_long", "queue_rising", "zone_crowded", "reader_down")
-# Moments staff are told to stand down from when they resolve.
-STAND_DOWN_KINDS = ("queue_long", "queue_rising", "zone_crowded", "reader_down")
 
 
 _NAN = float("nan")
@@ -491,14 +497,14 @@ class GatewayCore:
                         seq_stream=SEQ_GUARANTEED)]
         dispatch = dispatch_action(ev, zone.display_name, v)
         if dispatch is not None:
-            team = self.cfg.moments.reader_team if ev.kind == "reader_down" else zone.team
+            team = self.cfg.moments.reader_team if ev.kind == READER_DOWN else zone.team
             priority, action = dispatch
             out.append(Outgoing(self.topics.dispatch(team), self.topics.envelope(
                 SCHEMA_DISPATCH, at, moment_id=ev.moment_id, kind=ev.kind, zone=ev.zone,
                 zone_name=zone.display_name, team=team, status=ev.status, priority=priority,
                 action=action, metrics=metrics, reader=ev.reader), qos=1,
                 seq_stream=SEQ_GUARANTEED))
-        if ev.kind == "wait_short" and ev.status in ("opened", "updated"):
+        if ev.kind == WAIT_SHORT and ev.status in ("opened", "updated"):
             minutes = max(1, round(ev.value / 60.0))
             expiry = self.cfg.broker.nudge_expiry_s
             out.append(Outgoing(self.topics.nudge(ev.zone), self.topics.envelope(
@@ -570,17 +576,17 @@ def dispatch_action(ev: MomentEvent, name: str,
         return None
     if ev.status != "opened":
         return None
-    if ev.kind == "queue_long":
+    if ev.kind == QUEUE_LONG:
         return "high", (f"Open another load station or add staff at {name}: wait "
                         f"{_duration(v.get('wait_s', math.nan))}, "
                         f"{_count(v.get('queue_length', math.nan))} in line.")
-    if ev.kind == "queue_rising":
+    if ev.kind == QUEUE_RISING:
         return "medium", (f"Prepare staff for {name}: wait forecast "
                           f"{_duration(v.get('wait_forecast_s', math.nan))} within the "
                           "horizon.")
-    if ev.kind == "zone_crowded":
+    if ev.kind == ZONE_CROWDED:
         return "high", f"Manage crowding at {name}: {ev.value:.0f} % of capacity."
-    if ev.kind == "reader_down":
+    if ev.kind == READER_DOWN:
         return "medium", f"Check reader {ev.reader} at {name}: offline."
     return None
 

@@ -148,6 +148,21 @@ class ThresholdRule:
                            clear_level=self.clear_level, unit=self.unit, reader=self.reader)
 
 
+# The moment kinds the rules raise: their one home (the contract, the schemas, the docs and
+# the gateway's escalation import them from here).
+QUEUE_LONG = "queue_long"  # a queue's wait at or over its zone's queue_long_wait_s
+QUEUE_RISING = "queue_rising"  # the forecast crosses that level before the wait does
+WAIT_SHORT = "wait_short"  # a short wait while the ride moves guests (a nudge toward it)
+ZONE_CROWDED = "zone_crowded"  # the count at or over crowded_pct of capacity
+DWELL_LONG = "dwell_long"  # an area's 90th-percentile dwell at or over dwell_long_s
+READER_DOWN = "reader_down"  # a reader offline for reader_down_after_s
+KINDS = (QUEUE_LONG, QUEUE_RISING, WAIT_SHORT, ZONE_CROWDED, DWELL_LONG, READER_DOWN)
+# Alerts that are escalated when nobody takes them (the ones with a dispatch on opening).
+ESCALATED_KINDS = (QUEUE_LONG, QUEUE_RISING, ZONE_CROWDED, READER_DOWN)
+# Moments staff are told to stand down from when they resolve.
+STAND_DOWN_KINDS = ESCALATED_KINDS
+
+
 def _json_float(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
@@ -158,19 +173,19 @@ def _zone_rules(z: ZoneConfig, m: MomentsConfig) -> Iterator[tuple[str, Threshol
         hold_s=m.hold_s, cooldown_s=m.cooldown_s, update_interval_s=m.update_interval_s,
         update_change_pct=m.update_change_pct)
     if z.kind == "queue":
-        yield "wait_s", ThresholdRule("queue_long", z.id, z.queue_long_wait_s, z.clear_wait_s,
+        yield "wait_s", ThresholdRule(QUEUE_LONG, z.id, z.queue_long_wait_s, z.clear_wait_s,
                                       True, "s", **common)
         # Anticipation: the forecast crossing the same level, before the wait itself does.
-        yield "wait_forecast_s", ThresholdRule("queue_rising", z.id, z.queue_long_wait_s,
+        yield "wait_forecast_s", ThresholdRule(QUEUE_RISING, z.id, z.queue_long_wait_s,
                                                z.clear_wait_s, True, "s", **common)
         if z.wait_short_s > 0:
-            yield "wait_s_flowing", ThresholdRule("wait_short", z.id, z.wait_short_s,
+            yield "wait_s_flowing", ThresholdRule(WAIT_SHORT, z.id, z.wait_short_s,
                                                     1.5 * z.wait_short_s, False, "s", **common)
     if z.capacity > 0:
-        yield "fill_pct", ThresholdRule("zone_crowded", z.id, z.crowded_pct,
+        yield "fill_pct", ThresholdRule(ZONE_CROWDED, z.id, z.crowded_pct,
                                         max(0.0, z.crowded_pct - 10.0), True, "%", **common)
     if z.kind == "area":
-        yield "dwell_p90_s", ThresholdRule("dwell_long", z.id, z.dwell_long_s,
+        yield "dwell_p90_s", ThresholdRule(DWELL_LONG, z.id, z.dwell_long_s,
                                            0.8 * z.dwell_long_s, True, "s", **common)
 
 
@@ -186,7 +201,7 @@ class MomentRules:
         # reader_down_after_s and resolves as soon as the reader is back (no hold: a reader
         # that answers again is simply back).
         self._reader_rules = {
-            r.id: ThresholdRule("reader_down", r.zone, m.reader_down_after_s, 0.0, True, "s",
+            r.id: ThresholdRule(READER_DOWN, r.zone, m.reader_down_after_s, 0.0, True, "s",
                                 hold_s=0.0, cooldown_s=0.0, update_interval_s=math.inf,
                                 update_change_pct=100.0, reader=r.id)
             for r in cfg.readers}
