@@ -218,9 +218,11 @@ class PublisherStats:
 
 
 class _ConnectFailed(Exception):
-    def __init__(self, reason: str, *, maybe_v5_refused: bool = False) -> None:
+    def __init__(self, reason: str, *, maybe_v5_refused: bool = False,
+                 refused_tcp: bool = False) -> None:
         super().__init__(reason)
         self.maybe_v5_refused = maybe_v5_refused
+        self.refused_tcp = refused_tcp  # nothing listened there (down, or not up yet)
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,13 +507,17 @@ class Publisher:
 
         A broker that refuses or cannot be reached sends us to the next one at once; a lost
         connection is retried once on the same broker, then the next. Only when every broker
-        of the list has failed in a row does the publisher back off.
+        of the list has failed in a row does the publisher back off, and the next round
+        starts with the brokers that answered (even with a refusal): one that refused TCP
+        is down, or a cluster node just restarted, the last to be ready (it catches up with
+        the others), so it is tried last.
         """
         outage = _Outage(self._log, len(self.settings.addresses))
         addresses = self.settings.addresses
         delay = self._backoff_min
         try_v311_now = False
         failed_in_a_row = 0
+        refused_tcp: set[int] = set()  # brokers of this round that refused TCP
         while not self._stop_requested.is_set():
             addr = addresses[self._index]
             protocol: Literal["5", "3.1.1"] = (
@@ -538,11 +544,18 @@ class Publisher:
                 try_v311_now = False
                 outage.failed(addr.url, str(exc), self._outbox.depth())
                 failed_in_a_row += 1
+                if exc.refused_tcp:
+                    refused_tcp.add(self._index)
                 if len(addresses) > 1:
                     self._index = (self._index + 1) % len(addresses)
                     if failed_in_a_row < len(addresses):
                         continue  # the next broker at once
+                    # Every broker failed: the next round starts at one that answered.
+                    n = len(addresses)
+                    self._index = next((i % n for i in range(self._index, self._index + n)
+                                        if i % n not in refused_tcp), self._index)
                 failed_in_a_row = 0
+                refused_tcp.clear()
                 await self._sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, self._backoff_max)
                 continue
@@ -563,6 +576,7 @@ class Publisher:
             try_v311_now = False
             delay = self._backoff_min
             failed_in_a_row = 0
+            refused_tcp.clear()
             self._connects += 1
             self._last_protocol = protocol
             outage.connected(addr.url, self._index, protocol, self._outbox.depth())
@@ -668,7 +682,8 @@ class Publisher:
                 None, lambda: client.connect(addr.host, addr.port, st.keepalive_s, **kwargs)
             )
         except (OSError, ValueError) as exc:
-            raise _ConnectFailed(_describe(exc, st.ca_file)) from None
+            raise _ConnectFailed(_describe(exc, st.ca_file),
+                                 refused_tcp=isinstance(exc, ConnectionRefusedError)) from None
         client.loop_start()
         stop_wait = asyncio.ensure_future(self._stop_requested.wait())
         waiters: set[asyncio.Future[Any]] = {session.connack, stop_wait}

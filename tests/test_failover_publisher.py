@@ -232,3 +232,66 @@ def test_mqtt311_only_brokers_are_announced_once(
     finally:
         for b in brokers:
             b.close()
+
+
+def test_a_round_that_failed_everywhere_starts_again_at_a_broker_that_answered(
+        tmp_path: Path) -> None:
+    # A cluster node that was killed refuses TCP; once restarted it is the slowest to serve
+    # (it catches up with the others) while the nodes that stayed up may be ready first
+    # (NATS: an MQTT CONNECT waits until the session stream has a new leader). So after a
+    # round in which every broker failed, the next round starts with the brokers that
+    # answered, and the one that refused TCP comes last.
+    import socket
+    import threading
+
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    dead_port = dead.getsockname()[1]
+    dead.close()  # nothing listens: connection refused
+    servers, stop = [], threading.Event()
+
+    def closer(srv: socket.socket) -> None:  # accepts, then closes before any CONNACK
+        srv.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            conn.close()
+
+    for _ in range(2):
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(16)
+        servers.append(srv)
+        threading.Thread(target=closer, args=(srv,), daemon=True).start()
+    urls = [f"mqtt://127.0.0.1:{dead_port}"] + [
+        f"mqtt://127.0.0.1:{s.getsockname()[1]}" for s in servers]
+    outbox = Outbox(tmp_path / "o.db")
+    pub = Publisher(BrokerSettings(urls=tuple(urls), client_id="gw-01", protocol="3.1.1"),
+                    outbox, will=(STATUS, b"{}"), birth=lambda: (STATUS, b"{}"),
+                    backoff_min_s=0.01, backoff_max_s=0.02, connect_timeout_s=2.0)
+    tried: list[str] = []
+    real_open = pub._open_session
+
+    async def open_session(addr: Any, protocol: Any) -> Any:
+        tried.append(addr.url)
+        return await real_open(addr, protocol)
+
+    pub._open_session = open_session  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        task = asyncio.create_task(pub.run())
+        await async_wait_for(lambda: len(tried) >= 7, 20, "three rounds of attempts")
+        await pub.stop()
+        await task
+
+    try:
+        run_bounded(scenario(), 60)
+    finally:
+        stop.set()
+        for s in servers:
+            s.close()
+        outbox.close()
+    d, a, b = urls
+    assert tried[:7] == [d, a, b, a, b, d, a], tried
