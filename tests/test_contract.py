@@ -38,6 +38,7 @@ from agent.topics import (
     Topics,
 )
 from firmware_bridge.records import RawRead
+from tests.configs import RIDE_READERS
 from tests.contract_check import assert_valid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,18 +216,7 @@ kind = "area"
 capacity = 4
 dwell_long_s = 20
 absence_timeout_s = 5
-[[readers]]
-id = "ride-in"
-protocol = "em4100"
-port = "socket://127.0.0.1:7001"
-zone = "ride"
-role = "entry"
-[[readers]]
-id = "ride-out"
-protocol = "em4100"
-port = "socket://127.0.0.1:7002"
-zone = "ride"
-role = "exit"
+""" + RIDE_READERS + """
 [[readers]]
 id = "plaza-ble"
 protocol = "ble"

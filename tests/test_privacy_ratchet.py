@@ -32,6 +32,7 @@ from agent.privacy import (
     store_key,
 )
 from firmware_bridge.records import RawRead
+from tests.configs import RIDE_READERS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -174,18 +175,7 @@ CONFIG = """
 id = "park"
 [gateway]
 id = "gw-1"
-[[readers]]
-id = "ride-in"
-protocol = "em4100"
-port = "socket://127.0.0.1:7001"
-zone = "ride"
-role = "entry"
-[[readers]]
-id = "ride-out"
-protocol = "em4100"
-port = "socket://127.0.0.1:7002"
-zone = "ride"
-role = "exit"
+""" + RIDE_READERS + """
 [[readers]]
 id = "plaza"
 protocol = "em4100"

@@ -28,6 +28,7 @@ from agent.outbox import Outbox
 from agent.privacy import Rotation, epoch_key
 from agent.topics import Topics
 from firmware_bridge.records import RawRead
+from tests.configs import RIDE_READERS
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -40,18 +41,7 @@ id = "gw-1"
 [moments]
 hold_s = 0
 cooldown_s = 30
-[[readers]]
-id = "ride-in"
-protocol = "em4100"
-port = "socket://127.0.0.1:7001"
-zone = "ride"
-role = "entry"
-[[readers]]
-id = "ride-out"
-protocol = "em4100"
-port = "socket://127.0.0.1:7002"
-zone = "ride"
-role = "exit"
+""" + RIDE_READERS + """
 [[readers]]
 id = "touch-in"
 protocol = "pn532"
