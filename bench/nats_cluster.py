@@ -34,6 +34,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 __all__ = ["NatsCluster", "NatsClusterError", "nats_server_binary"]
 
@@ -117,11 +118,14 @@ class NatsCluster:
     """
 
     def __init__(self, root: Path, *, nodes: int = 3, ack_wait_s: float = 3.0,
-                 ready_timeout_s: float = 30.0) -> None:
+                 ready_timeout_s: float = 30.0, consumer_replicas: int | None = None,
+                 consumer_memory_storage: bool = False) -> None:
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
         self.root = Path(root)
         self.ack_wait_s = ack_wait_s
+        self.consumer_replicas = consumer_replicas
+        self.consumer_memory_storage = consumer_memory_storage
         self.ready_timeout_s = ready_timeout_s
         self.binary = nats_server_binary()
         ports = _free_ports(4 * nodes)
@@ -157,9 +161,17 @@ jetstream {{
 {cluster}
 mqtt {{
   listen: "127.0.0.1:{node.mqtt_port}"
-  ack_wait: "{self.ack_wait_s:g}s"
+  ack_wait: "{self.ack_wait_s:g}s"{self._consumer_options()}
 }}
 """
+
+    def _consumer_options(self) -> str:
+        lines = []
+        if self.consumer_replicas is not None:
+            lines.append(f"consumer_replicas: {self.consumer_replicas}")
+        if self.consumer_memory_storage:
+            lines.append("consumer_memory_storage: true")
+        return "".join(f"\n  {line}" for line in lines)
 
     # -- addresses ---------------------------------------------------------------------
 
@@ -231,6 +243,18 @@ mqtt {{
         if len(self.nodes) == 1 and info is not None and not info.get("disabled", False):
             return self.nodes[index].name
         return None
+
+    def stream_leaders(self, index: int) -> dict[str, str]:
+        """Each JetStream stream's leader as node ``index`` sees it (``/jsz``), by name."""
+        info = self.monitor(index, "jsz?streams=true") or {}
+        accounts: Any = info.get("account_details") or []
+        leaders = {}
+        for account in accounts:
+            for stream in account.get("stream_detail") or []:
+                leader = (stream.get("cluster") or {}).get("leader")
+                if leader:
+                    leaders[str(stream.get("name"))] = str(leader)
+        return leaders
 
     def monitor(self, index: int, endpoint: str) -> dict[str, object] | None:
         """A monitoring endpoint's JSON from node ``index`` (None if it does not answer)."""

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from bench.nats_cluster import NatsCluster, nats_server_binary
-from bench.scale import VENUE, ScaleSettings, gateway_id, run_scale
+from bench.scale import VENUE, Restamper, ScaleSettings, gateway_id, record_script, run_scale
 from tests.mqtt_helpers import Collector, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -66,6 +66,9 @@ def test_scale_bounded_no_loss_no_gap(tmp_path: Path) -> None:
     assert time.monotonic() - t0 < 240  # ~1 min on an idle 2-core machine
 
     assert report.messages > GATEWAYS * ZONES_PER_GATEWAY * 20  # state every tick, mostly
+    # Both kinds of gateway ran: cores in the loop, and scripts a core made, replayed.
+    assert (report.full_agents, report.replayed_gateways) == (8, GATEWAYS - 8), report
+    assert report.failover is not None and report.failover["moved"] >= GATEWAYS // 3
     assert report.lost == 0, report
     assert report.seq_gaps == 0, report
     assert report.undelivered_duplicates == 0, report  # every member deduped on the id
@@ -93,3 +96,31 @@ def test_nats_single_node_becomes_ready(tmp_path: Path) -> None:
         assert cluster.alive(0)
         assert cluster.meta_leader(0) == "n1"
         assert "cluster {" not in (tmp_path / "n1.conf").read_text()
+
+
+def test_replayed_gateways_publish_what_a_core_made_as_their_own(tmp_path: Path) -> None:
+    script = record_script(9000, ["mqtt://127.0.0.1:1"], tmp_path, 1, 90)
+    assert len(script.ticks) == 90
+    kinds = {m.topic.split("/")[2] for tick in script.ticks for m, _ in tick}
+    assert kinds >= {"zone", "moment"}  # zone state every tick, and the rush's moments
+    seen_ids: set[str] = set()
+    moments: dict[str, set[str]] = {}
+    for gid in ("g0003", "g0004"):
+        stamp = Restamper(script, gid)
+        for k in range(len(script.ticks)):
+            wall = 2_000_000_000.0 + k
+            for msg in stamp.tick(k, wall):
+                body = msg.payload
+                assert "g9000" not in json.dumps(body) + msg.topic + str(msg.coalesce_key)
+                assert body["gateway"] == gid and msg.topic.startswith(f"venue/{VENUE}/")
+                assert body.get("zone", gid).startswith(gid)
+                assert body["id"] not in seen_ids
+                seen_ids.add(body["id"])
+                assert body["at"].startswith("2033-05-18T")  # the replay's wall time
+                assert "seq" not in body  # the outbox numbers the guaranteed stream
+                if "moment_id" in body:
+                    moments.setdefault(gid, set()).add(body["moment_id"])
+    # Each gateway's moments have ids of their own; one moment keeps its id throughout.
+    assert moments["g0003"] and not moments["g0003"] & moments["g0004"]
+    recorded = {json.loads(b).get("moment_id") for t in script.ticks for _, b in t} - {None}
+    assert len(moments["g0003"]) == len(moments["g0004"]) == len(recorded)
