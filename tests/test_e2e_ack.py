@@ -20,6 +20,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.config import parse_config
 from agent.topics import SCHEMA_ACK, Topics
+from tests.agent_process import run_until
 from tests.mqtt_helpers import Collector
 
 pytestmark = pytest.mark.e2e
@@ -53,16 +54,6 @@ escalation_team = "leads"
 """
 
 
-async def _run_until(agent: Any, done: Any, timeout: float) -> None:
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    deadline = time.monotonic() + timeout
-    while not done() and time.monotonic() < deadline and not task.done():
-        await asyncio.sleep(0.1)
-    stop.set()
-    await asyncio.wait_for(task, 30)
-
-
 def _ack(url: str, moment_id: str, by: str) -> None:
     port = int(url.rsplit(":", 1)[1])
     c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
@@ -88,7 +79,7 @@ def test_an_untaken_alert_escalates_and_a_taken_one_is_remembered(tmp_path: Path
             return [json.loads(m.payload) for m in seen.messages if m.topic.endswith(suffix)]
 
         agent = Agent(cfg)
-        asyncio.run(_run_until(agent, lambda: payloads("/dispatch/leads"), 60))
+        asyncio.run(run_until(agent, lambda: payloads("/dispatch/leads"), 60))
         escalated = payloads("/dispatch/leads")
         assert escalated and escalated[0]["escalated"] is True
         moment_id = escalated[0]["moment_id"]
@@ -97,7 +88,7 @@ def test_an_untaken_alert_escalates_and_a_taken_one_is_remembered(tmp_path: Path
 
         _ack(broker.url, moment_id, "ana")
         agent = Agent(cfg)  # a restarted gateway: the checkpoint and the retained ack
-        asyncio.run(_run_until(agent, lambda: moment_id in agent.core.acks, 30))
+        asyncio.run(run_until(agent, lambda: moment_id in agent.core.acks, 30))
         assert agent.core.acks[moment_id]["by"] == "ana"
         assert len(payloads("/dispatch/leads")) == 1  # escalated once, not again
         seen.stop()

@@ -18,6 +18,7 @@ from agent.acl import gateway_grant
 from agent.config import ConfigError, parse_config
 from agent.gateway import STATE_FIELDS, GatewayCore
 from agent.topics import Topics
+from tests.agent_process import run_until
 from tests.mqtt_helpers import Collector, need_mosquitto, start_mosquitto
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,16 +166,6 @@ def test_the_acl_grants_a_discovery_gateway_its_own_discovery_topics(tmp_path: P
 
 
 # ----------------------------------------------------------------------------- end to end
-async def _run_until(agent: Any, done: Any, timeout: float) -> None:
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    deadline = time.monotonic() + timeout
-    while not done() and time.monotonic() < deadline and not task.done():
-        await asyncio.sleep(0.05)
-    stop.set()
-    await asyncio.wait_for(task, 30)
-
-
 def _retained(url: str, topic_filter: str, expect: int) -> dict[str, bytes]:
     """The retained messages a fresh subscriber gets on ``topic_filter``."""
     with Collector(url, topic_filter) as c:
@@ -193,7 +184,7 @@ def test_retained_configs_then_a_removed_zone_is_cleared_after_restart(tmp_path:
         db = tmp_path / "agent.db"
         first = parse_config(_config(db, url=broker.url))
         want = ha.discovery_configs(first)
-        asyncio.run(_run_until(Agent(first), lambda: False, 1.5))
+        asyncio.run(run_until(Agent(first), lambda: False, 1.5))
         got = _retained(broker.url, "homeassistant/#", len(want))
         assert set(got) == set(want)
         for topic, payload in got.items():
@@ -209,7 +200,7 @@ def test_retained_configs_then_a_removed_zone_is_cleared_after_restart(tmp_path:
             def cleared() -> bool:
                 return any(m.topic in gone and m.payload == b"" for m in watch.messages)
 
-            asyncio.run(_run_until(Agent(second), cleared, 15))
+            asyncio.run(run_until(Agent(second), cleared, 15))
             assert cleared(), "the removed zone's discovery config was not cleared"
         got = _retained(broker.url, "homeassistant/#", len(kept))
         assert set(got) == set(kept)
