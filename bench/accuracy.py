@@ -97,18 +97,51 @@ TRUE_WAIT_WINDOW_S = 60.0
 LEAD_SEARCH_S = 3600.0
 MIN = 60.0
 
+# The targets (issue "one gateway core"). A dotted name is a figure inside a group
+# (``settled.queue_length_mae_pct``). The queue figures are judged ``settled``: leaving out
+# the ticks the gateway marked ``warming_up`` (it started on a line whose guests it never saw
+# enter, so their number is not in the reads; it publishes lower bounds and says so), which
+# only ``queue_at_start`` has; that those lower bounds are honest is judged there
+# (``settled.warming_over_truth_share``). The raw figures are reported beside them.
 TARGETS = {
-    "wait_mae_pct": ("<=", 10.0),
-    "queue_length_mae_pct": ("<=", 5.0),
-    "moment_precision": (">=", 0.95),
-    "moment_recall": (">=", 0.95),
+    "settled.wait_mae_pct": ("<=", 5.0),
+    "settled.wait_joining_mae_pct": ("<=", 10.0),
+    "settled.queue_length_mae_pct": ("<=", 5.0),
+    "moment_precision": (">=", 0.97),
+    "moment_recall": (">=", 0.97),
     "moment_delay_s": ("<=", 60.0),
     "forecast_lead_min": (">=", 5.0),  # on morning_rush
 }
-# What a scenario's own figures must reach (reported as ``met`` per scenario).
+# What every scenario with queue zones must reach: the joining wait within 15 %, the queue
+# length within 8 %, and the read-rate correction never more than 2 % of the true mean
+# worse than the count as read (``correction_cost_pct``).
+QUEUE_SCENARIO_TARGETS = {
+    "settled.wait_joining_mae_pct": ("<=", 15.0),
+    "settled.queue_length_mae_pct": ("<=", 8.0),
+    "correction_cost_pct": ("<=", 2.0),
+}
+# What a scenario's own figures must reach besides (reported as ``met`` per scenario).
 SCENARIO_TARGETS = {
     "ble_areas": {"occupancy_mae_pct": ("<=", 8.0), "departure_delay_s": ("<=", 20.0)},
+    # Warming up, the published queue length is a lower bound: above the truth by more than
+    # 5 % on at most 5 % of those ticks.
+    "queue_at_start": {"settled.warming_over_truth_share": ("<=", 0.05)},
 }
+
+
+def figure(summary: dict[str, Any], name: str) -> Any:
+    """``summary[name]``, following a dotted name into groups (None when absent)."""
+    v: Any = summary
+    for part in name.split("."):
+        v = v.get(part) if isinstance(v, dict) else None
+    return v
+
+
+def scenario_targets(name: str, summary: dict[str, Any]) -> dict[str, tuple[str, float]]:
+    """The targets scenario ``name`` is judged by (queue targets where it has queues)."""
+    out = dict(QUEUE_SCENARIO_TARGETS) if summary.get("queue_length_mae_pct") is not None else {}
+    out.update(SCENARIO_TARGETS.get(name, {}))
+    return out
 
 
 @dataclass(frozen=True)
@@ -480,6 +513,8 @@ class Tally:
     departure_counts: dict[str, int] = field(default_factory=dict)
     rising_false: int = 0
     warming: int = 0  # queue-zone ticks marked warming_up
+    warming_scored: int = 0  # ... with a finite estimate and truth
+    warming_over: int = 0  # ... whose lower bound was over the truth by more than 5 %
     queue_ticks: int = 0
     marginal_missed: int = 0  # missed true moments whose truth peaked < 5 % over the level
     marginal_false: int = 0  # wrong estimated moments whose truth came within 5 % of it
@@ -512,6 +547,8 @@ class Tally:
             self.departure_counts[k] = self.departure_counts.get(k, 0) + n
         self.rising_false += other.rising_false
         self.warming += other.warming
+        self.warming_scored += other.warming_scored
+        self.warming_over += other.warming_over
         self.queue_ticks += other.queue_ticks
         self.marginal_missed += other.marginal_missed
         self.marginal_false += other.marginal_false
@@ -535,10 +572,16 @@ class Tally:
                 "wait_mae_pct": rnd(self.pct("wait_s_settled")),
                 "wait_joining_mae_pct": rnd(self.pct("wait_joining_s_settled")),
                 "queue_length_mae_pct": rnd(self.pct("queue_length_settled")),
+                "warming_over_truth_share": rnd(ratio(self.warming_over, self.warming_scored),
+                                                4),
             },
             "queue_length_mae_pct": rnd(self.pct("queue_length")),
             "occupancy_mae_pct": rnd(self.pct("occupancy")),
             "queue_occupancy_mae_pct": rnd(self.pct("queue_occupancy")),
+            # What the read-rate correction costs where it makes the number worse than the
+            # count as read (negative: it helps), in % of the true mean, settled ticks.
+            "correction_cost_pct": rnd(diff(self.pct("queue_length_settled"),
+                                            self.pct("queue_occupancy_settled"))),
             "moment_precision": rnd(ratio(self.est_right, self.est_moments), 3),
             "moment_recall": rnd(ratio(self.true_found, self.true_moments), 3),
             "moment_delay_s": rnd(median(self.delays), 0),
@@ -573,6 +616,10 @@ class Tally:
 
 def rnd(x: float | None, nd: int = 2) -> float | None:
     return None if x is None or not math.isfinite(x) else round(x, nd)
+
+
+def diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
 
 
 def ratio(a: int, b: int) -> float | None:
@@ -617,8 +664,14 @@ def score(run: Run, horizon_s: float) -> Tally:
             for name, series in (("wait_s", e["wait_s"]), ("wait_joining_s", joining),
                                  ("queue_length", e["queue_length"])):
                 tl.add_err(name + "_settled", np.where(warm, np.nan, series), tr[name])
+            ql, tq = e["queue_length"], tr["queue_length"]
+            scored = warm & np.isfinite(ql) & np.isfinite(tq)
+            tl.warming_scored += int(scored.sum())
+            tl.warming_over += int((scored & (ql > 1.05 * tq)).sum())
             # What the read-rate correction is judged against: the count as read.
             tl.add_err("queue_occupancy", e["occupancy"], tr["queue_length"])
+            tl.add_err("queue_occupancy_settled", np.where(warm, np.nan, e["occupancy"]),
+                       tr["queue_length"])
             codes, counts = np.unique(e["wait_method"].astype(np.int8), return_counts=True)
             for c, n in zip(codes, counts, strict=True):
                 name = METHOD_NAMES.get(int(c), str(int(c)))
@@ -781,10 +834,11 @@ def evaluate(
             summary["queue_long_min"] = {
                 z: v / MIN for z, v in SETUPS[name].queue_long_s.items()}
             summary["setup"] = SETUPS[name].note
-            if name in SCENARIO_TARGETS:
-                summary["targets"] = {k: f"{op} {v}" for k, (op, v) in SCENARIO_TARGETS[name].items()}
-                summary["met"] = {k: meets(summary.get(k), op, v)
-                                  for k, (op, v) in SCENARIO_TARGETS[name].items()}
+            targets = scenario_targets(name, summary)
+            if targets:
+                summary["targets"] = {k: f"{op} {v}" for k, (op, v) in targets.items()}
+                summary["met"] = {k: meets(figure(summary, k), op, v)
+                                  for k, (op, v) in targets.items()}
             report["scenarios"][name] = summary
             overall.merge(tally)
             if log:
@@ -794,7 +848,8 @@ def evaluate(
     report["overall"]["forecast_lead_min_all"] = report["overall"]["forecast_lead_min"]
     report["overall"]["forecast_lead_min"] = rush.get("forecast_lead_min")
     report["targets"] = {k: f"{op} {v}" for k, (op, v) in TARGETS.items()}
-    report["met"] = {k: meets(report["overall"].get(k), op, v) for k, (op, v) in TARGETS.items()}
+    report["met"] = {k: meets(figure(report["overall"], k), op, v)
+                     for k, (op, v) in TARGETS.items()}
     report["settings"] = {
         "seeds": list(seeds),
         "durations_s": durations or {},

@@ -3,8 +3,9 @@
 Quick mode runs seed 1 of morning_rush (first 1.5 h), ride_breakdown (first 2 h), noisy_radio
 (first 1.5 h), glitchy_lines (first 1 h), ble_areas (first 75 min) and queue_at_start (2 h)
 through the gateway core in 1 s ticks, about 30 s in all. The bounds are
-the issue's targets (wait_mae_pct <= 10, queue_length_mae_pct <= 5, moment precision and recall
->= 0.95, moment_delay_s <= 60, forecast_lead_min >= 5 on the rush), relaxed where stated,
+the issue's targets (wait_mae_pct <= 5, wait_joining_mae_pct <= 10 overall and 15 a scenario,
+queue_length_mae_pct <= 5 overall and 8 a scenario, moment precision and recall >= 0.97,
+moment_delay_s <= 60, forecast_lead_min >= 5 on the rush), relaxed where stated,
 plus tighter guards near what the estimators achieve today, so that a regression shows long
 before a target is missed. noisy_radio (60 % read rates, stray reads of passers-by) is held to
 the wait target only: its stray entry reads inflate queue_length (see the bench's report).
@@ -152,3 +153,17 @@ def test_a_gateway_started_on_a_long_line_marks_warming_up_then_meets_the_target
     assert settled["queue_length_mae_pct"] <= 8.0  # ~3 today
     assert settled["wait_joining_mae_pct"] <= 15.0  # ~6-8 today
     assert settled["wait_mae_pct"] <= 5.0  # ~1 today
+
+
+def test_every_queue_scenario_is_judged_by_the_issue_targets(report: dict[str, Any]) -> None:
+    """The report judges each scenario with queues by the per-scenario targets (joining wait,
+    queue length, what the read-rate correction costs), and queue_at_start also by the
+    honesty of its warming-up lower bounds."""
+    for name in (*QUEUES, "queue_at_start"):
+        s = report["scenarios"][name]
+        assert set(accuracy.QUEUE_SCENARIO_TARGETS) <= set(s["met"]), name
+        assert s["met"]["correction_cost_pct"] is True, (name, s["correction_cost_pct"])
+    start = report["scenarios"]["queue_at_start"]
+    assert start["met"]["settled.warming_over_truth_share"] is True
+    assert 0.05 < start["settled"]["warming_share"] < 0.5  # it did warm up, and finished
+    assert set(report["met"]) == set(accuracy.TARGETS)
