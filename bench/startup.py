@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.agent_process import die_with_parent
+
 READY_MARK = "first tick "  # from agent/runtime.py: "first tick %.3f s after the agent was created"
 START_TIMEOUT_S = 180.0  # a cold start compiles every kernel; a slow Pi needs minutes
 
@@ -92,6 +94,7 @@ def spawn_agent(config: Path, cache_dir: Path) -> AgentProcess:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=env,
+        preexec_fn=die_with_parent,  # never outlives the bench
     )
     ap = AgentProcess(proc, spawned)
     threading.Thread(target=ap._drain, name="agent-stderr", daemon=True).start()

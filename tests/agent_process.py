@@ -4,7 +4,10 @@ end-to-end tests; and :func:`run_until`, an in-process Agent's run loop until a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -22,12 +25,26 @@ def agent_env(**extra: str) -> dict[str, str]:
     return env
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> None:
+    """In a child before exec (``preexec_fn``): have Linux send it SIGTERM when the process
+    that started it dies, so an agent a test or a bench started never outlives a killed or
+    crashed run (a leftover agent once held a PTY and stole a later test's bytes). A no-op
+    where prctl is missing."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 def start_agent(cfg: Path, log: Path, *args: str, **env: str) -> subprocess.Popen[bytes]:
-    """Start the agent on ``cfg``; its stdout and stderr are appended to ``log``."""
+    """Start the agent on ``cfg``; its stdout and stderr are appended to ``log``. It gets
+    SIGTERM if this process dies first (:func:`die_with_parent`)."""
     with log.open("a") as f:
         return subprocess.Popen(
             [sys.executable, "-m", "agent.cli", "run", "--config", str(cfg), *args],
-            stdout=f, stderr=subprocess.STDOUT, env=agent_env(**env))
+            stdout=f, stderr=subprocess.STDOUT, env=agent_env(**env),
+            preexec_fn=die_with_parent)
 
 
 async def run_until(agent: Any, done: Callable[[], Any], timeout: float,
