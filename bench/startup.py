@@ -89,12 +89,11 @@ def spawn_agent(config: Path, cache_dir: Path) -> AgentProcess:
     env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), PYTHONUNBUFFERED="1")
     spawned = time.monotonic()
     proc = subprocess.Popen(
-        [*agent_command(), "run", "--config", str(config)],
+        die_with_parent([*agent_command(), "run", "--config", str(config)]),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=env,
-        preexec_fn=die_with_parent,  # never outlives the bench
     )
     ap = AgentProcess(proc, spawned)
     threading.Thread(target=ap._drain, name="agent-stderr", daemon=True).start()

@@ -4,10 +4,8 @@ end-to-end tests; and :func:`run_until`, an in-process Agent's run loop until a 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import os
-import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -25,16 +23,14 @@ def agent_env(**extra: str) -> dict[str, str]:
     return env
 
 
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def die_with_parent() -> None:
-    """In a child before exec (``preexec_fn``): have Linux send it SIGTERM when the process
-    that started it dies, so an agent a test or a bench started never outlives a killed or
-    crashed run (a leftover agent once held a PTY and stole a later test's bytes). A no-op
-    where prctl is missing."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+def die_with_parent(cmd: list[str]) -> list[str]:
+    """``cmd`` run so that Linux sends it SIGTERM when the process that started it dies
+    (util-linux ``setpriv --pdeathsig``, which sets it and execs ``cmd`` in place, same pid),
+    so an agent a test or a bench started never outlives a killed or crashed run (a leftover
+    agent once held a PTY and stole a later test's bytes). ``cmd`` unchanged where setpriv
+    is missing. (Not ``preexec_fn``: unsafe in a process with threads, as the tests are.)"""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *cmd] if setpriv else list(cmd)
 
 
 def start_agent(cfg: Path, log: Path, *args: str, **env: str) -> subprocess.Popen[bytes]:
@@ -42,9 +38,9 @@ def start_agent(cfg: Path, log: Path, *args: str, **env: str) -> subprocess.Pope
     SIGTERM if this process dies first (:func:`die_with_parent`)."""
     with log.open("a") as f:
         return subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "run", "--config", str(cfg), *args],
-            stdout=f, stderr=subprocess.STDOUT, env=agent_env(**env),
-            preexec_fn=die_with_parent)
+            die_with_parent([sys.executable, "-m", "agent.cli", "run", "--config", str(cfg),
+                             *args]),
+            stdout=f, stderr=subprocess.STDOUT, env=agent_env(**env))
 
 
 async def run_until(agent: Any, done: Callable[[], Any], timeout: float,

@@ -14,8 +14,7 @@ from tests.agent_process import ROOT
 CHILD = """
 import subprocess, sys, time
 from tests.agent_process import die_with_parent
-p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
-                     preexec_fn=die_with_parent)
+p = subprocess.Popen(die_with_parent([sys.executable, "-c", "import time; time.sleep(60)"]))
 print(p.pid, flush=True)
 time.sleep(60)
 """
