@@ -21,6 +21,12 @@ from firmware_bridge.protocols import PROTOCOL_NAMES
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 
 
+def _fail(message: str, code: int) -> int:
+    """Say what went wrong on stderr, prefixed with the program's name; return ``code``."""
+    print(f"venue-agent: {message}", file=sys.stderr)
+    return code
+
+
 class _LazyChoices(Sequence[str]):
     """Valid values loaded on first use (checking a value, printing help): the scenario
     list lives in simulators.scenarios, whose import (numpy, the crowd model) would slow
@@ -89,8 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         agent = Agent(cfg)
     except StartupError as e:
-        print(f"venue-agent: cannot start: {e}", file=sys.stderr)
-        return EXIT_FAIL
+        return _fail(f"cannot start: {e}", EXIT_FAIL)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -133,11 +138,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
               name=args.name, ack=args.ack,
               connect_timeout_s=args.connect_timeout or None)
     except ValueError as e:
-        print(f"venue-agent: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _fail(str(e), EXIT_CONFIG)
     except NeverConnected as e:
-        print(f"venue-agent: {e}", file=sys.stderr)
-        return EXIT_FAIL
+        return _fail(str(e), EXIT_FAIL)
     return EXIT_OK
 
 
@@ -153,11 +156,9 @@ def cmd_tail(args: argparse.Namespace) -> int:
     try:
         asyncio.run(run_tail(opts, sys.stdout, err=sys.stderr))
     except ValueError as e:
-        print(f"venue-agent: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _fail(str(e), EXIT_CONFIG)
     except TailError as e:
-        print(f"venue-agent: {e}", file=sys.stderr)
-        return EXIT_FAIL
+        return _fail(str(e), EXIT_FAIL)
     return EXIT_OK
 
 
@@ -172,8 +173,7 @@ def cmd_board(args: argparse.Namespace) -> int:
                          key_file=args.key_file, protocol=args.protocol,
                          duration_s=args.duration)
     except ValueError as e:
-        print(f"venue-agent: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _fail(str(e), EXIT_CONFIG)
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -196,8 +196,7 @@ def cmd_acl(args: argparse.Namespace) -> int:
                             staff_users=args.staff_user or gen.DEFAULT_STAFF_USERS,
                             board_users=args.board_user or gen.DEFAULT_BOARD_USERS)
     except gen.AclError as e:
-        print(f"venue-agent: acl: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _fail(f"acl: {e}", EXIT_CONFIG)
     for w in plan.warnings():
         print(f"venue-agent: acl: warning: {w}", file=sys.stderr)
     acl, users = gen.render_acl(plan), gen.render_password_template(plan)
@@ -210,8 +209,7 @@ def cmd_acl(args: argparse.Namespace) -> int:
         (out / "venue-agent.acl").write_text(acl)
         (out / "passwd.template").write_text(users)
     except OSError as e:
-        print(f"venue-agent: acl: cannot write {out}: {e}", file=sys.stderr)
-        return EXIT_FAIL
+        return _fail(f"acl: cannot write {out}: {e}", EXIT_FAIL)
     print(f"wrote {out / 'venue-agent.acl'} and {out / 'passwd.template'}", file=sys.stderr)
     return EXIT_OK
 
@@ -229,8 +227,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     try:
         parse_config(text, "<starter config>")
     except ConfigError as e:
-        print(f"venue-agent: init: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _fail(f"init: {e}", EXIT_CONFIG)
     if args.out in (None, "-"):
         sys.stdout.write(text)
         return EXIT_OK
@@ -242,8 +239,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     try:
         out.write_text(text, encoding="utf-8")
     except OSError as e:
-        print(f"venue-agent: init: cannot write {out}: {e}", file=sys.stderr)
-        return EXIT_FAIL
+        return _fail(f"init: cannot write {out}: {e}", EXIT_FAIL)
     print(f"wrote {out}; next: edit its zones and readers, then\n"
           f"  venue-agent check-config {out}\n  venue-agent doctor --config {out}\n"
           f"systemd unit: {shipped_file(UNIT_FILE)}\nudev rules:   {shipped_file(UDEV_RULES)}",
@@ -279,8 +275,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     try:
         since = experiment.parse_since(args.since, time.time())
     except ValueError as e:
-        print(f"venue-agent: {e}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _fail(str(e), EXIT_CONFIG)
     if not experiment.table_exists(cfg.db_path):
         print(f"venue-agent: {cfg.db_path} holds no nudge experiment records (no zone of this "
               "gateway has alternatives, or it has not run yet)", file=sys.stderr)
