@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench/out/nats_baseline.json"))
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="nats-baseline-") as tmp, NatsCluster(
-            Path(tmp) / "nats", consumer_replicas=1, consumer_memory_storage=True) as cluster:
+            Path(tmp) / "nats", consumer_replicas=1, consumer_memory_storage=True,
+            stream_replicas=3) as cluster:
         ctx = mp.get_context("spawn")
         start_at = ctx.Value("d", 0.0)
         procs = []

@@ -119,13 +119,15 @@ class NatsCluster:
 
     def __init__(self, root: Path, *, nodes: int = 3, ack_wait_s: float = 3.0,
                  ready_timeout_s: float = 30.0, consumer_replicas: int | None = None,
-                 consumer_memory_storage: bool = False) -> None:
+                 consumer_memory_storage: bool = False,
+                 stream_replicas: int | None = None) -> None:
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
         self.root = Path(root)
         self.ack_wait_s = ack_wait_s
         self.consumer_replicas = consumer_replicas
         self.consumer_memory_storage = consumer_memory_storage
+        self.stream_replicas = stream_replicas
         self.ready_timeout_s = ready_timeout_s
         self.binary = nats_server_binary()
         ports = _free_ports(4 * nodes)
@@ -167,6 +169,8 @@ mqtt {{
 
     def _consumer_options(self) -> str:
         lines = []
+        if self.stream_replicas is not None:
+            lines.append(f"stream_replicas: {self.stream_replicas}")
         if self.consumer_replicas is not None:
             lines.append(f"consumer_replicas: {self.consumer_replicas}")
         if self.consumer_memory_storage:

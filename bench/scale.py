@@ -121,6 +121,10 @@ class ScaleSettings:
     # server's defaults (replicated like the streams, on disk).
     nats_consumer_replicas: int | None = 1
     nats_consumer_memory: bool = True
+    # The MQTT listener's streams (sessions, retained, QoS 1 messages): three replicas. Left
+    # to the server, 2.9 made them R2 here (the peers it knew when the first client came),
+    # and an R2 stream has no quorum while either of its nodes is down.
+    nats_stream_replicas: int | None = 3
 
 
 # ------------------------------------------------------------------------------- gateways
@@ -612,7 +616,8 @@ def run_scale(settings: ScaleSettings, workdir: Path | None = None,
             tempfile.TemporaryDirectory(prefix="venue-scale-")))
         cluster = stack.enter_context(NatsCluster(
             root / "nats", consumer_replicas=settings.nats_consumer_replicas,
-            consumer_memory_storage=settings.nats_consumer_memory))
+            consumer_memory_storage=settings.nats_consumer_memory,
+            stream_replicas=settings.nats_stream_replicas))
         log(f"cluster ready: MQTT {', '.join(cluster.mqtt_urls)}")
         ctx = mp.get_context("spawn")
         stop = ctx.Event()
