@@ -3,9 +3,12 @@
 What runs (everything on this machine, loopback only):
 
 * a 3-node NATS JetStream cluster with MQTT listeners (:mod:`bench.nats_cluster`); the
-  JetStream consumers behind the gateways' QoS 1 subscriptions (clean sessions) have one
-  replica, in memory (``consumer_replicas``, ``consumer_memory_storage``): replicated, two
-  per gateway, they were 400 raft groups at 200 gateways, and NATS refused subscriptions;
+  listener's streams (sessions, retained and QoS 1 messages) have three replicas
+  (``stream_replicas``: left to it, NATS 2.9 made them two, without quorum while either
+  node is down), the JetStream consumers behind the gateways' QoS 1 subscriptions (clean
+  sessions) one replica, in memory (``consumer_replicas``, ``consumer_memory_storage``):
+  replicated, two per gateway, they were 400 raft groups at 200 gateways, and NATS refused
+  subscriptions;
 * N simulated gateways (default 200), spread over worker processes (default: one per 25
   gateways). Each is the agent's own :class:`agent.runtime.Agent` built from a gateway
   config (the one ``venue-agent run`` loads, made by :func:`agent.demo.sim_config`): its
