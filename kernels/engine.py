@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from ._jit import FixedCall
 from .codes import (
     C_BAD_READS,
     C_EVICTIONS,
@@ -26,6 +27,17 @@ from .codes import (
 from .hashtable import table_bits
 from .ingest import ingest_reads
 from .queue_order import queue_entries
+from .state import (
+    BleCandidates,
+    History,
+    MetricParams,
+    QueueLines,
+    TagParams,
+    TagRows,
+    TagTable,
+    TopologyArrays,
+    ZoneState,
+)
 from .sweep import sweep_departures
 from .topology import Topology
 from .window_stats import zone_metrics
@@ -209,20 +221,6 @@ class EngineParams:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
 
-    def ble_array(self) -> np.ndarray:
-        """float64[6]: the BLE settings in the order ingest.ingest_reads expects."""
-        return np.array(
-            [
-                self.ble_tau_s,
-                self.ble_alpha_min,
-                self.ble_stale_s,
-                self.ble_decay_db_per_s,
-                self.ble_holdoff_s,
-                self.ble_margin_db,
-            ],
-            dtype=np.float64,
-        )
-
     @property
     def evict_batch(self) -> int:
         """Tags evicted at once when the table is full: 1/64 of it, at least one."""
@@ -361,7 +359,6 @@ class ZoneEngine:
         self._cand_s = np.zeros((m, k), dtype=np.float64)
         self._cand_t = np.zeros((m, k), dtype=np.float64)
         self._cand_n = np.zeros((m, k), dtype=np.int32)
-        self._ble = p.ble_array()
         # Rows are handed out from the top of the stack: row 0 first.
         self._free_rows = np.arange(m - 1, -1, -1, dtype=np.int32)
         self._counters = np.zeros(N_COUNTERS, dtype=np.int64)
@@ -397,26 +394,16 @@ class ZoneEngine:
         self._gap_lo = -np.inf  # the last time the engine was down (restore)
         self._gap_hi = -np.inf
         self._ingest_compiled = False
+        self._build_named_state()
 
-    def ingest(
-        self, ts: np.ndarray, tag: np.ndarray, reader: np.ndarray, rssi: np.ndarray | None = None
-    ) -> None:
-        """Apply a batch of reads: ts float64[N] s, tag uint64[N] (0 = invalid), reader int32[N]
-        (index into the topology), rssi float32[N] dBm or None (NaN = none). A finite RSSI at a
-        PRESENCE reader makes the read a BLE advert (smoothed, zone by hysteresis)."""
-        ts, tag, reader, rssi = as_read_columns(ts, tag, reader, rssi, empty_rssi=True)
-        if ts.size == 0 and self._ingest_compiled:
-            return
-        # The first call goes through the kernel even when empty: the agent warms up with an
-        # empty batch so the kernel is compiled (or loaded from the cache) at start-up, not
-        # on the first tick with reads.
-        self._ingest_compiled = True
+    def _build_named_state(self) -> None:
+        """The kernels' named state (state.py), built once around the very arrays above.
+
+        Every array is written in place from here on (the kernels, ``restore`` through
+        assign_changed), never reassigned, so these tuples stay valid; they hold no array of
+        their own and add nothing to a snapshot."""
         t, p = self.topo, self.params
-        t_lo, t_hi = ingest_reads(
-            ts,
-            tag,
-            reader,
-            rssi,
+        self._k_topo = TopologyArrays(
             t.reader_zone,
             t.reader_role,
             t.reader_rssi_floor,
@@ -424,13 +411,39 @@ class ZoneEngine:
             t.zone_kind,
             t.zone_timeout_s,
             t.zone_missed_reads,
-            np.float64(p.fifo_slack_s),
-            np.int64(p.evict_batch),
-            np.float64(p.interval_alpha),
-            np.float64(self._obs_start),
-            self._slot_keys,
-            self._slot_rows,
-            self._shift,
+        )
+        self._k_tag_params = TagParams(
+            float(p.fifo_slack_s),
+            float(p.exit_hold_s),
+            int(p.evict_batch),
+            float(p.interval_alpha),
+            int(p.walk_ahead),
+            float(p.ble_tau_s),
+            float(p.ble_alpha_min),
+            float(p.ble_stale_s),
+            float(p.ble_decay_db_per_s),
+            float(p.ble_holdoff_s),
+            float(p.ble_margin_db),
+            int(p.ble_min_reads),
+        )
+        self._k_metric_params = MetricParams(
+            float(p.window_s),
+            float(p.rate_window_s),
+            float(p.horizon_s),
+            int(p.min_measured_waits),
+            int(p.wait_recent),
+            int(p.min_recaptures),
+            float(p.min_read_rate),
+            float(p.read_rate_window_s),
+            float(p.read_rate_prior),
+            float(p.read_rate_z),
+            float(p.stray_z),
+            float(p.joining_window_s),
+            float(p.stall_s),
+            float(p.capacity_s),
+        )
+        self._k_table = TagTable(self._slot_keys, self._slot_rows, self._free_rows, self._counters)
+        self._k_rows = TagRows(
             self._row_key,
             self._row_zone,
             self._row_state,
@@ -445,23 +458,20 @@ class ZoneEngine:
             self._row_nreads,
             self._row_dep,
             self._row_exits0,
-            self._zone_exits,
-            np.int64(p.walk_ahead),
-            self._cand_reader,
-            self._cand_s,
-            self._cand_t,
-            self._cand_n,
-            self._ble,
-            np.int64(p.ble_min_reads),
-            self._free_rows,
-            self._counters,
+        )
+        self._k_cand = BleCandidates(self._cand_reader, self._cand_s, self._cand_t, self._cand_n)
+        self._k_zones = ZoneState(
             self._zone_count,
+            self._zone_exits,
             self._fifo_entry,
             self._fifo_n,
             self._fifo_cutoff,
             self._rr_from,
             self._rr_seen,
             self._min_wait,
+            self._capacity,
+        )
+        self._k_hist = History(
             self._dep_t,
             self._dep_dur,
             self._dep_kind,
@@ -469,6 +479,46 @@ class ZoneEngine:
             self._dep_n,
             self._arr_t,
             self._arr_n,
+        )
+        self._k_lines = QueueLines(self._q_first, self._q_off, self._q_one, self._q_one_n)
+        # Every argument of these calls has one numba type for the engine's life (the read
+        # columns when ``flags.behaved``, see ingest), so they skip numba's per-call typing.
+        self._ingest_reads = FixedCall(ingest_reads)
+        self._sweep_departures = FixedCall(sweep_departures)
+        self._queue_entries = FixedCall(queue_entries)
+        self._zone_metrics = FixedCall(zone_metrics)
+
+    def ingest(
+        self, ts: np.ndarray, tag: np.ndarray, reader: np.ndarray, rssi: np.ndarray | None = None
+    ) -> None:
+        """Apply a batch of reads: ts float64[N] s, tag uint64[N] (0 = invalid), reader int32[N]
+        (index into the topology), rssi float32[N] dBm or None (NaN = none). A finite RSSI at a
+        PRESENCE reader makes the read a BLE advert (smoothed, zone by hysteresis)."""
+        ts, tag, reader, rssi = as_read_columns(ts, tag, reader, rssi, empty_rssi=True)
+        if ts.size == 0 and self._ingest_compiled:
+            return
+        # The first call goes through the kernel even when empty: the agent warms up with an
+        # empty batch so the kernel is compiled (or loaded from the cache) at start-up, not
+        # on the first tick with reads.
+        self._ingest_compiled = True
+        # as_read_columns fixes dtype, shape and layout; a read-only or unaligned column (a
+        # view of someone else's buffer) is another numba type: through the dispatcher.
+        behaved = ts.flags.behaved and tag.flags.behaved and reader.flags.behaved
+        kernel = self._ingest_reads.call if behaved and rssi.flags.behaved else ingest_reads
+        t_lo, t_hi = kernel(
+            ts,
+            tag,
+            reader,
+            rssi,
+            np.float64(self._obs_start),
+            self._shift,
+            self._k_topo,
+            self._k_tag_params,
+            self._k_table,
+            self._k_rows,
+            self._k_cand,
+            self._k_zones,
+            self._k_hist,
         )
         self._t_start = min(self._t_start, t_lo)
         self._t_seen = max(self._t_seen, t_hi)
@@ -481,91 +531,34 @@ class ZoneEngine:
         now = self._now
         self._t_start = min(self._t_start, now)
         p, t = self.params, self.topo
-        sweep_departures(
+        self._sweep_departures.call(
             np.float64(now),
-            np.float64(p.exit_hold_s),
-            t.zone_kind,
-            t.zone_timeout_s,
-            t.zone_missed_reads,
             np.float64(self._obs_start),
-            self._fifo_cutoff,
-            self._slot_keys,
-            self._slot_rows,
             self._shift,
-            self._row_key,
-            self._row_zone,
-            self._row_state,
-            self._row_first,
-            self._row_last,
-            self._free_rows,
-            self._counters,
-            self._zone_count,
-            self._dep_t,
-            self._dep_dur,
-            self._dep_kind,
-            self._dep_entry,
-            self._dep_n,
-            self._row_entry,
-            self._row_ivl,
-            self._row_ivl_dev,
-            self._row_nreads,
+            self._k_topo,
+            self._k_tag_params,
+            self._k_table,
+            self._k_rows,
+            self._k_zones,
+            self._k_hist,
         )
-        queue_entries(
-            t.zone_kind,
-            self._zone_count,
-            self._row_state,
-            self._row_zone,
-            self._row_first,
-            self._row_entry,
-            self._row_nreads,
-            self._q_first,
-            self._q_off,
-            self._q_one,
-            self._q_one_n,
-        )
+        self._queue_entries.call(t.zone_kind, self._k_zones, self._k_rows, self._k_lines)
         out_f = np.empty((N_FLOAT_METRICS, t.n_zones), dtype=np.float64)
         method = np.zeros(t.n_zones, dtype=np.int8)
         ql_method = np.zeros(t.n_zones, dtype=np.int8)
         samples = np.zeros(t.n_zones, dtype=np.int64)
         gap = (self._t_start, now, self._gap_lo, self._gap_hi)
-        zone_metrics(
+        self._zone_metrics.call(
             np.float64(now),
-            np.float64(p.window_s),
-            np.float64(p.rate_window_s),
             np.float64(rate_span_s(p.rate_window_s, *gap)),
-            np.float64(p.horizon_s),
-            np.int64(p.min_measured_waits),
-            np.int64(p.wait_recent),
-            np.int64(p.min_recaptures),
-            np.float64(p.min_read_rate),
-            np.float64(p.read_rate_window_s),
-            np.float64(p.read_rate_prior),
-            np.float64(p.read_rate_z),
-            np.float64(p.stray_z),
-            np.float64(p.joining_window_s),
-            np.float64(p.stall_s),
-            np.float64(p.capacity_s),
             np.float64(self._gap_lo),
             np.float64(self._gap_hi),
             np.float64(self._t_start),
             t.zone_kind,
-            self._zone_count,
-            self._dep_t,
-            self._dep_dur,
-            self._dep_kind,
-            self._dep_entry,
-            self._dep_n,
-            self._arr_t,
-            self._arr_n,
-            self._fifo_entry,
-            self._fifo_n,
-            self._rr_from,
-            self._min_wait,
-            self._capacity,
-            self._q_first,
-            self._q_off,
-            self._q_one,
-            self._q_one_n,
+            self._k_metric_params,
+            self._k_zones,
+            self._k_hist,
+            self._k_lines,
             out_f,
             method,
             ql_method,
@@ -583,7 +576,7 @@ class ZoneEngine:
 
     # -- checkpoints -----------------------------------------------------------------------
     def _state_arrays(self) -> dict[str, np.ndarray]:
-        skip = ("_q_first", "_q_off", "_q_one", "_q_one_n", "_ble")  # scratch, and a copy of the params
+        skip = ("_q_first", "_q_off", "_q_one", "_q_one_n")  # scratch
         return {
             name: value
             for name, value in vars(self).items()

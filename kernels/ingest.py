@@ -47,6 +47,7 @@ from .codes import (
 )
 from .hashtable import home_slot, table_find
 from .history import push_arrival, push_departure, push_fifo_witness
+from .state import BleCandidates, History, TagParams, TagRows, TagTable, TopologyArrays, ZoneState
 from .tag_rows import evict_stalest
 from .topology import KIND_AREA, ROLE_ENTRY, ROLE_EXIT, ROLE_PRESENCE
 
@@ -110,71 +111,60 @@ def ingest_reads(
     tag: np.ndarray,
     reader: np.ndarray,
     rssi: np.ndarray,
-    reader_zone: np.ndarray,
-    reader_role: np.ndarray,
-    reader_rssi_floor: np.ndarray,
-    reader_min_reads: np.ndarray,
-    zone_kind: np.ndarray,
-    zone_timeout_s: np.ndarray,
-    zone_missed_reads: np.ndarray,
-    fifo_slack_s: float,
-    evict_batch: int,
-    interval_alpha: float,
     obs_start: float,
-    slot_keys: np.ndarray,
-    slot_rows: np.ndarray,
     shift: np.uint64,
-    row_key: np.ndarray,
-    row_zone: np.ndarray,
-    row_state: np.ndarray,
-    row_first: np.ndarray,
-    row_last: np.ndarray,
-    row_entry: np.ndarray,
-    row_ivl: np.ndarray,
-    row_ivl_dev: np.ndarray,
-    row_pend_key: np.ndarray,
-    row_pend_n: np.ndarray,
-    row_pend_t: np.ndarray,
-    row_nreads: np.ndarray,
-    row_dep: np.ndarray,
-    row_exits0: np.ndarray,
-    zone_exits: np.ndarray,
-    walk_ahead: int,
-    cand_reader: np.ndarray,
-    cand_s: np.ndarray,
-    cand_t: np.ndarray,
-    cand_n: np.ndarray,
-    ble: np.ndarray,
-    ble_min_reads: int,
-    free_rows: np.ndarray,
-    counters: np.ndarray,
-    zone_count: np.ndarray,
-    fifo_entry: np.ndarray,
-    fifo_n: np.ndarray,
-    fifo_cutoff: np.ndarray,
-    rr_from: np.ndarray,
-    rr_seen: np.ndarray,
-    min_wait: np.ndarray,
-    dep_t: np.ndarray,
-    dep_dur: np.ndarray,
-    dep_kind: np.ndarray,
-    dep_entry: np.ndarray,
-    dep_n: np.ndarray,
-    arr_t: np.ndarray,
-    arr_n: np.ndarray,
+    topo: TopologyArrays,
+    params: TagParams,
+    table: TagTable,
+    rows: TagRows,
+    cand: BleCandidates,
+    zones: ZoneState,
+    hist: History,
 ) -> tuple[float, float]:
     """Apply one batch of reads to the state; return the earliest and latest finite timestamp
     in it ((inf, -inf) if none).
 
-    ts float64[N] s, tag uint64[N], reader int32[N], rssi float32[N] dBm (NaN = none) or
-    float32[0]: no read of the batch has an RSSI.
-    ``ble`` float64[6] = (tau_s, alpha_min, stale_s, decay_db_per_s, holdoff_s, margin_db).
-    ``obs_start``: when the engine last began observing (-inf, or the time it was restored):
-    a departure counts as read at the entry for the read-rate estimates only if its visit
-    began at or after it.
+    ts: float64[N] s, the reads' timestamps (NaN: a bad read).
+    tag: uint64[N], the tags' keys (0: a bad read).
+    reader: int32[N], reader index into the topology (out of range: a bad read).
+    rssi: float32[N] dBm (NaN = none), or float32[0]: no read of the batch has an RSSI.
+    obs_start: s, when the engine last began observing (-inf, or the time it was restored):
+        a departure counts as read at the entry for the read-rate estimates only if its
+        visit began at or after it.
+    shift: uint64, the hash table's shift (64 - log2 of its slots).
+    topo: the topology's arrays (read).
+    params: fifo_slack_s, evict_batch, interval_alpha, walk_ahead and the BLE settings.
+    table: hash slots, free-row stack and counters (written: reads, bad and filtered reads,
+        evictions, departures).
+    rows: per-tag state (written).
+    cand: per-tag BLE candidates (written by BLE adverts).
+    zones: per-zone counts, exits, FIFO witnesses and cutoffs, read-rate start, walk
+        (written; ``capacity`` unused).
+    hist: departure and arrival rings (written).
+    See state.py for every field.
     """
-    tau_s, alpha_min, stale_s = ble[0], ble[1], ble[2]
-    decay, holdoff, margin = ble[3], ble[4], ble[5]
+    reader_zone, reader_role = topo.reader_zone, topo.reader_role
+    reader_rssi_floor, reader_min_reads = topo.reader_rssi_floor, topo.reader_min_reads
+    zone_kind, zone_timeout_s = topo.zone_kind, topo.zone_timeout_s
+    zone_missed_reads = topo.zone_missed_reads
+    fifo_slack_s, evict_batch = params.fifo_slack_s, params.evict_batch
+    interval_alpha, walk_ahead = params.interval_alpha, params.walk_ahead
+    tau_s, alpha_min, stale_s = params.ble_tau_s, params.ble_alpha_min, params.ble_stale_s
+    decay, holdoff = params.ble_decay_db_per_s, params.ble_holdoff_s
+    margin, ble_min_reads = params.ble_margin_db, params.ble_min_reads
+    slot_keys, slot_rows = table.slot_keys, table.slot_rows
+    free_rows, counters = table.free_rows, table.counters
+    row_key, row_zone, row_state = rows.key, rows.zone, rows.state
+    row_first, row_last, row_entry = rows.first, rows.last, rows.entry
+    row_ivl, row_ivl_dev = rows.ivl, rows.ivl_dev
+    row_pend_key, row_pend_n, row_pend_t = rows.pend_key, rows.pend_n, rows.pend_t
+    row_nreads, row_dep, row_exits0 = rows.nreads, rows.dep, rows.exits0
+    cand_reader, cand_s, cand_t, cand_n = cand.reader, cand.s, cand.t, cand.n
+    zone_count, zone_exits = zones.tags, zones.exits
+    fifo_entry, fifo_n, fifo_cutoff = zones.fifo_entry, zones.fifo_n, zones.fifo_cutoff
+    rr_from, rr_seen, min_wait = zones.rr_from, zones.rr_seen, zones.min_wait
+    dep_t, dep_dur, dep_kind = hist.dep_t, hist.dep_dur, hist.dep_kind
+    dep_entry, dep_n, arr_t, arr_n = hist.dep_entry, hist.dep_n, hist.arr_t, hist.arr_n
     n_readers = reader_zone.size
     witnesses = fifo_entry.shape[1]
     # Settings constant over the batch, decided once rather than per read: reads without

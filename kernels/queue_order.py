@@ -19,26 +19,28 @@ import numpy as np
 
 from ._jit import jit
 from .codes import TAG_IN
+from .state import QueueLines, TagRows, ZoneState
 from .topology import KIND_AREA
 
 
 @jit
 def queue_entries(
-    zone_kind: np.ndarray,
-    zone_count: np.ndarray,
-    row_state: np.ndarray,
-    row_zone: np.ndarray,
-    row_first: np.ndarray,
-    row_entry: np.ndarray,
-    row_nreads: np.ndarray,
-    out_first: np.ndarray,
-    out_off: np.ndarray,
-    out_one: np.ndarray,
-    out_one_n: np.ndarray,
+    zone_kind: np.ndarray, zones: ZoneState, rows: TagRows, lines: QueueLines
 ) -> None:
-    """Fill ``out_first`` (float64[M]) and ``out_off`` (int64[Z + 1]), see the module doc;
-    and ``out_one`` (float64[M]) the same way, zone z's segment starting at ``out_off[z]``,
-    with the ``out_one_n[z]`` tags that joined by a single entry read (the stray candidates)."""
+    """Write each queue's line into ``lines`` (see the module doc).
+
+    zone_kind: int8[Z], KIND_QUEUE | KIND_AREA (TopologyArrays.zone_kind).
+    zones: ``tags`` read (tags in each zone).
+    rows: ``state``, ``zone``, ``first``, ``entry``, ``nreads`` read.
+    lines: written: ``first`` (float64[M]) and ``off`` (int64[Z + 1]), zone z's sorted entry
+        times in ``first[off[z]:off[z + 1]]``; and ``one`` (float64[M]) the same way, zone
+        z's segment starting at ``off[z]``, with the ``one_n[z]`` tags that joined by a
+        single entry read (the stray candidates).
+    """
+    zone_count = zones.tags
+    row_state, row_zone, row_first = rows.state, rows.zone, rows.first
+    row_entry, row_nreads = rows.entry, rows.nreads
+    out_first, out_off, out_one, out_one_n = lines.first, lines.off, lines.one, lines.one_n
     nz = zone_kind.size
     out_off[0] = 0
     for z in range(nz):

@@ -33,6 +33,7 @@ from ._jit import jit
 from .codes import DEP_FIFO, DEP_TIMEOUT, IVL_DEV_WEIGHT, TAG_EXITED, TAG_IN, TAG_PENDING
 from .history import push_departure
 from .ingest import entry_flags
+from .state import History, TagParams, TagRows, TagTable, TopologyArrays, ZoneState
 from .tag_rows import release_row
 from .topology import KIND_AREA
 
@@ -40,34 +41,40 @@ from .topology import KIND_AREA
 @jit
 def sweep_departures(
     now: float,
-    exit_hold_s: float,
-    zone_kind: np.ndarray,
-    zone_timeout_s: np.ndarray,
-    zone_missed_reads: np.ndarray,
     obs_start: float,
-    fifo_cutoff: np.ndarray,
-    slot_keys: np.ndarray,
-    slot_rows: np.ndarray,
     shift: np.uint64,
-    row_key: np.ndarray,
-    row_zone: np.ndarray,
-    row_state: np.ndarray,
-    row_first: np.ndarray,
-    row_last: np.ndarray,
-    free_rows: np.ndarray,
-    counters: np.ndarray,
-    zone_count: np.ndarray,
-    dep_t: np.ndarray,
-    dep_dur: np.ndarray,
-    dep_kind: np.ndarray,
-    dep_entry: np.ndarray,
-    dep_n: np.ndarray,
-    row_entry: np.ndarray,
-    row_ivl: np.ndarray,
-    row_ivl_dev: np.ndarray,
-    row_nreads: np.ndarray,
+    topo: TopologyArrays,
+    params: TagParams,
+    table: TagTable,
+    rows: TagRows,
+    zones: ZoneState,
+    hist: History,
 ) -> None:
-    """Apply every departure due at ``now`` (float64 s)."""
+    """Apply every departure due at ``now``.
+
+    now: s, the tick's time (the engine's latest ``now``).
+    obs_start: s, when the engine last began observing (see ingest.ingest_reads): a queue
+        departure counts as read at the entry only if its visit began at or after it.
+    shift: uint64, the hash table's shift.
+    topo: the topology's arrays (zone_kind, zone_timeout_s, zone_missed_reads read).
+    params: exit_hold_s read.
+    table: hash slots, free-row stack and counters (released rows written).
+    rows: per-tag state (read; released rows written).
+    zones: ``count`` written, ``fifo_cutoff`` read and reset to -inf.
+    hist: departure ring (written).
+    See state.py for every field.
+    """
+    zone_kind, zone_timeout_s = topo.zone_kind, topo.zone_timeout_s
+    zone_missed_reads = topo.zone_missed_reads
+    exit_hold_s = params.exit_hold_s
+    slot_keys, slot_rows = table.slot_keys, table.slot_rows
+    free_rows, counters = table.free_rows, table.counters
+    row_key, row_zone, row_state = rows.key, rows.zone, rows.state
+    row_first, row_last, row_entry = rows.first, rows.last, rows.entry
+    row_ivl, row_ivl_dev, row_nreads = rows.ivl, rows.ivl_dev, rows.nreads
+    zone_count, fifo_cutoff = zones.tags, zones.fifo_cutoff
+    dep_t, dep_dur, dep_kind = hist.dep_t, hist.dep_dur, hist.dep_kind
+    dep_entry, dep_n = hist.dep_entry, hist.dep_n
     for row in range(row_state.size):
         state = row_state[row]
         if state == TAG_IN:

@@ -61,6 +61,7 @@ from .codes import (
     M_WAIT_JOINING,
 )
 from .queue_order import fifo_frontier, unseen_in_gap
+from .state import History, MetricParams, QueueLines, ZoneState
 from .topology import (
     KIND_AREA,
     METHOD_AT_LEAST,
@@ -171,49 +172,55 @@ def read_rate(
 @jit
 def zone_metrics(
     now: float,
-    window_s: float,
-    rate_window_s: float,
     rate_span_s: float,
-    horizon_s: float,
-    min_measured: int,
-    wait_recent: int,
-    min_recaptures: int,
-    min_read_rate: float,
-    read_rate_window_s: float,
-    read_rate_prior: float,
-    read_rate_z: float,
-    stray_z: float,
-    joining_window_s: float,
-    stall_s: float,
-    capacity_s: float,
     gap_lo: float,
     gap_hi: float,
     t_start: float,
     zone_kind: np.ndarray,
-    zone_count: np.ndarray,
-    dep_t: np.ndarray,
-    dep_dur: np.ndarray,
-    dep_kind: np.ndarray,
-    dep_entry: np.ndarray,
-    dep_n: np.ndarray,
-    arr_t: np.ndarray,
-    arr_n: np.ndarray,
-    fifo_entry: np.ndarray,
-    fifo_n: np.ndarray,
-    rr_from: np.ndarray,
-    min_wait: np.ndarray,
-    capacity: np.ndarray,
-    q_first: np.ndarray,
-    q_off: np.ndarray,
-    q_one: np.ndarray,
-    q_one_n: np.ndarray,
+    params: MetricParams,
+    zones: ZoneState,
+    hist: History,
+    lines: QueueLines,
     out_f: np.ndarray,
     out_method: np.ndarray,
     out_ql_method: np.ndarray,
     out_samples: np.ndarray,
 ) -> None:
-    """Fill ``out_f`` (float64[N_FLOAT_METRICS, Z], rows codes.M_*), ``out_method`` and
-    ``out_ql_method`` (int8[Z]) and ``out_samples`` (int64[Z])."""
+    """Fill the metrics of every zone at ``now`` (see the module doc).
+
+    now: s, the tick's time.
+    rate_span_s: s, what the rates are averaged over (engine.rate_span_s: the rate window,
+        shorter early in a run, less the part of it the engine was down).
+    gap_lo, gap_hi: s, the last time the engine was down (-inf, -inf: never).
+    t_start: s, the engine's first read or tick (inf: none yet).
+    zone_kind: int8[Z], KIND_QUEUE | KIND_AREA (TopologyArrays.zone_kind).
+    params: the windows, thresholds and read-rate settings (state.MetricParams).
+    zones: ``tags``, ``fifo_entry``, ``fifo_n``, ``rr_from``, ``min_wait`` read;
+        ``capacity`` read and written (the remembered capacity).
+    hist: departure and arrival rings (read).
+    lines: each queue's line, from queue_order.queue_entries at this tick (read).
+    out_f: float64[N_FLOAT_METRICS, Z], written, one row per metric (codes.M_*).
+    out_method: int8[Z], written, how wait_s was produced (METHOD_*).
+    out_ql_method: int8[Z], written, how queue_length was produced (QL_*).
+    out_samples: int64[Z], written, the measured waits (queues) or dwells (areas) behind
+        the percentiles.
+    See state.py for every field.
+    """
+    window_s, rate_window_s, horizon_s = params.window_s, params.rate_window_s, params.horizon_s
+    min_measured, wait_recent = params.min_measured, params.wait_recent
+    min_recaptures, min_read_rate = params.min_recaptures, params.min_read_rate
+    read_rate_window_s, read_rate_prior = params.read_rate_window_s, params.read_rate_prior
+    read_rate_z, stray_z = params.read_rate_z, params.stray_z
+    joining_window_s, stall_s, capacity_s = (
+        params.joining_window_s,
+        params.stall_s,
+        params.capacity_s,
+    )
+    zone_count, fifo_entry, fifo_n = zones.tags, zones.fifo_entry, zones.fifo_n
+    rr_from, min_wait, capacity = zones.rr_from, zones.min_wait, zones.capacity
+    dep_t, dep_dur, dep_kind = hist.dep_t, hist.dep_dur, hist.dep_kind
+    dep_entry, dep_n, arr_t, arr_n = hist.dep_entry, hist.dep_n, hist.arr_t, hist.arr_n
+    q_first, q_off, q_one, q_one_n = lines.first, lines.off, lines.one, lines.one_n
     per_min = 60.0 / rate_span_s  # shorter than the window early in a run (engine.rate_span_s)
     rate_lo = now - rate_window_s
     win_lo = now - window_s

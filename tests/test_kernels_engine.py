@@ -277,3 +277,46 @@ def test_fresh_engine_averages_rates_over_the_time_it_has_run(make: Any) -> None
     assert e2.tick(1.0).throughput_per_min[0] == pytest.approx(60.0 / 30.0)
     # After a full window the whole window is used.
     assert e.tick(400.0).throughput_per_min[0] == 0.0
+
+
+def test_named_state_holds_the_engines_own_arrays() -> None:
+    """The kernels' namedtuples (kernels/state.py) are views of nothing: each field is the
+    engine attribute itself, so in-place writes (kernels, restore) reach both, and a snapshot
+    holds the same arrays as before the tuples existed."""
+    e = ZoneEngine(TOPO, max_tags=64)
+    attrs = {id(v) for v in vars(e).values() if isinstance(v, np.ndarray)}
+    attrs |= {id(a) for a in TOPO.arrays().values()}
+    tuples = [v for k, v in vars(e).items() if k.startswith("_k_")]
+    assert len(tuples) == 9
+    for t in tuples:
+        for name, value in t._asdict().items():
+            if isinstance(value, np.ndarray):
+                assert id(value) in attrs, f"{type(t).__name__}.{name} is no engine array"
+    snap = e.snapshot()
+    assert not any(k.startswith("k_") for k in snap)
+    feed(e, [(1.0, 5, ENTRY), (2.0, 5, EXIT), (3.0, 6, AREA)])
+    fresh = ZoneEngine(TOPO, max_tags=64)
+    fresh.restore(e.snapshot(), 3.0)
+    assert fresh._k_rows.key is fresh._row_key and (fresh._row_key != 0).sum() == 2
+    np.testing.assert_equal(fresh.tick(4.0).arrays(), e.tick(4.0).arrays())
+
+
+def test_read_only_read_columns_give_the_same_state() -> None:
+    """A read-only batch is another numba type: ZoneEngine sends it through the dispatcher
+    rather than the bound entry point (_jit.FixedCall), with the same result."""
+    reads = [(1.0, 5, ENTRY), (1.5, 7, ENTRY), (2.0, 5, EXIT), (3.0, 6, AREA), (4.0, 7, EXIT)]
+    ts = np.array([r[0] for r in reads])
+    tag = np.array([r[1] for r in reads], dtype=np.uint64)
+    reader = np.array([r[2] for r in reads], dtype=np.int32)
+    a, b = ZoneEngine(TOPO, max_tags=64), ZoneEngine(TOPO, max_tags=64)
+    a.ingest(ts, tag, reader)
+    b.ingest(ts[:2].copy(), tag[:2].copy(), reader[:2].copy())  # binds the entry point
+    b.ingest(ts[2:4].copy(), tag[2:4].copy(), reader[2:4].copy())  # ... and calls it
+    for arr in (ts, tag, reader):
+        arr.setflags(write=False)
+    b.ingest(ts[4:], tag[4:], reader[4:])  # read-only: through the dispatcher
+    snap_a, snap_b = a.snapshot(), b.snapshot()
+    for k in snap_a:
+        if k != "fingerprint":
+            np.testing.assert_array_equal(snap_a[k], snap_b[k], err_msg=k)
+    np.testing.assert_equal(a.tick(5.0).arrays(), b.tick(5.0).arrays())
