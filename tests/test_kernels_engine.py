@@ -320,3 +320,30 @@ def test_read_only_read_columns_give_the_same_state() -> None:
         if k != "fingerprint":
             np.testing.assert_array_equal(snap_a[k], snap_b[k], err_msg=k)
     np.testing.assert_equal(a.tick(5.0).arrays(), b.tick(5.0).arrays())
+
+
+def test_fixed_call_binds_the_entry_point_or_keeps_the_dispatcher() -> None:
+    """_jit.FixedCall: after its first call it calls the compiled entry point for those
+    argument types; where numba keeps no such overload (another numba's internals) it keeps
+    calling the dispatcher, and both give the kernel's result."""
+    from kernels._jit import FixedCall, jit
+
+    @jit
+    def add(a: np.ndarray, x: float) -> float:
+        return float(a.sum()) + x
+
+    a = np.arange(4.0)
+    bound = FixedCall(add)
+    assert bound.call(a, 1.0) == 7.0
+    assert bound.call is not add and bound.call(a, 2.0) == 8.0  # the entry point
+
+    class NoOverloads:  # a dispatcher without the internals FixedCall looks for
+        def __init__(self, kernel: object) -> None:
+            self.kernel = kernel
+
+        def __call__(self, *args: object) -> object:
+            return self.kernel(*args)  # type: ignore[operator]
+
+    fallback = FixedCall(NoOverloads(add))
+    assert fallback.call(a, 1.0) == 7.0
+    assert fallback.call is fallback.kernel and fallback.call(a, 3.0) == 9.0
