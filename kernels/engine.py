@@ -37,6 +37,7 @@ from .state import (
     TagTable,
     TopologyArrays,
     ZoneState,
+    named_from,
 )
 from .sweep import sweep_departures
 from .topology import Topology
@@ -403,45 +404,10 @@ class ZoneEngine:
         assign_changed), never reassigned, so these tuples stay valid; they hold no array of
         their own and add nothing to a snapshot."""
         t, p = self.topo, self.params
-        self._k_topo = TopologyArrays(
-            t.reader_zone,
-            t.reader_role,
-            t.reader_rssi_floor,
-            t.reader_min_reads,
-            t.zone_kind,
-            t.zone_timeout_s,
-            t.zone_missed_reads,
-        )
-        self._k_tag_params = TagParams(
-            float(p.fifo_slack_s),
-            float(p.exit_hold_s),
-            int(p.evict_batch),
-            float(p.interval_alpha),
-            int(p.walk_ahead),
-            float(p.ble_tau_s),
-            float(p.ble_alpha_min),
-            float(p.ble_stale_s),
-            float(p.ble_decay_db_per_s),
-            float(p.ble_holdoff_s),
-            float(p.ble_margin_db),
-            int(p.ble_min_reads),
-        )
-        self._k_metric_params = MetricParams(
-            float(p.window_s),
-            float(p.rate_window_s),
-            float(p.horizon_s),
-            int(p.min_measured_waits),
-            int(p.wait_recent),
-            int(p.min_recaptures),
-            float(p.min_read_rate),
-            float(p.read_rate_window_s),
-            float(p.read_rate_prior),
-            float(p.read_rate_z),
-            float(p.stray_z),
-            float(p.joining_window_s),
-            float(p.stall_s),
-            float(p.capacity_s),
-        )
+        # Parameters and topology by field name (state.named_from): one mapping.
+        self._k_topo = named_from(TopologyArrays, t)
+        self._k_tag_params = named_from(TagParams, p)
+        self._k_metric_params = named_from(MetricParams, p)
         self._k_table = TagTable(self._slot_keys, self._slot_rows, self._free_rows, self._counters)
         self._k_rows = TagRows(
             self._row_key,

@@ -22,7 +22,7 @@ the rate span) are not in any tuple: they stay plain arguments of the kernels.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple, get_type_hints
 
 import numpy as np
 
@@ -218,7 +218,7 @@ class MetricParams(NamedTuple):
     """s: window of arrivals_per_min and throughput_per_min."""
     horizon_s: float
     """s: how far ahead wait_forecast_s looks."""
-    min_measured: int
+    min_measured_waits: int
     """measured waits needed for METHOD_MEASURED (EngineParams.min_measured_waits)."""
     wait_recent: int
     """wait_s is the median of the latest this-many measured waits."""
@@ -240,3 +240,16 @@ class MetricParams(NamedTuple):
     """s: exit silences longer than this count as this long (a stall, not service)."""
     capacity_s: float
     """s: how long the capacity measured on a busy line is remembered."""
+
+
+def named_from(cls: Any, source: Any) -> Any:
+    """``cls`` (a NamedTuple above) with each field read by its name from ``source`` (the
+    engine's parameters or topology), scalars cast to the field's type: the one place the
+    engine's settings are mapped onto the kernels' tuples."""
+    hints = get_type_hints(cls)
+    values = {}
+    for name in cls._fields:
+        v = getattr(source, name)
+        kind = hints[name]
+        values[name] = kind(v) if kind in (int, float) else v
+    return cls(**values)

@@ -207,7 +207,7 @@ def zone_metrics(
     See state.py for every field.
     """
     window_s, rate_window_s, horizon_s = params.window_s, params.rate_window_s, params.horizon_s
-    min_measured, wait_recent = params.min_measured, params.wait_recent
+    min_measured, wait_recent = params.min_measured_waits, params.wait_recent
     min_recaptures, min_read_rate = params.min_recaptures, params.min_read_rate
     read_rate_window_s, read_rate_prior = params.read_rate_window_s, params.read_rate_prior
     read_rate_z, stray_z = params.read_rate_z, params.stray_z
