@@ -227,6 +227,17 @@ class _Gateway:
     script_cursor: int = 0
     links: list[tuple[float, bool, str]] = field(default_factory=list)  # (wall, up, broker)
 
+    def feed(self, upto: float, offset: float) -> None:
+        """Hand the core the crowd's reads up to ``upto`` (scenario seconds) not yet handed
+        over, stamped on the core's clock (scenario time + ``offset``)."""
+        import numpy as np
+
+        hi = int(np.searchsorted(self.ts, upto, side="right"))
+        if hi > self.cursor:
+            sl = slice(self.cursor, hi)
+            self.agent.core.accept_columns(self.ts[sl] + offset, self.tag[sl], self.reader[sl])
+            self.cursor = hi
+
 
 async def _track_links(gateways: list[_Gateway], until: float) -> None:
     """Note every change of each gateway's connection (up or down, and to which broker),
@@ -287,10 +298,6 @@ class ReplayScript:
 
 def record_script(index: int, urls: list[str], root: Path, seed: int, ticks: int) -> ReplayScript:
     """Run gateway ``index``'s core for ``ticks`` ticks of simulated time; its messages."""
-    from dataclasses import replace as dc_replace
-
-    import numpy as np
-
     gw = _build_gateway(index, urls, root, seed)
     core = gw.agent.core
     for rid in core.readers:
@@ -299,13 +306,9 @@ def record_script(index: int, urls: list[str], root: Path, seed: int, ticks: int
     wall0 = time.time()
     out: list[list[tuple[Any, str]]] = []
     for k in range(1, ticks + 1):
-        hi = int(np.searchsorted(gw.ts, k * TICK_S, side="right"))
-        if hi > gw.cursor:
-            sl = slice(gw.cursor, hi)
-            core.accept_columns(gw.ts[sl] + t0, gw.tag[sl], gw.reader[sl])
-            gw.cursor = hi
+        gw.feed(k * TICK_S, t0)
         result = core.step(t0 + k * TICK_S, wall0 + k * TICK_S)
-        out.append([(dc_replace(m, payload={}), json.dumps(m.payload, separators=(",", ":")))
+        out.append([(replace(m, payload={}), json.dumps(m.payload, separators=(",", ":")))
                     for m in result.messages])
     gw.agent.outbox.close()
     return ReplayScript(gateway_id(index), wall0, out)
@@ -327,8 +330,6 @@ class Restamper:
         self._moments: dict[str, str] = {}
 
     def tick(self, k: int, wall: float) -> list[Any]:
-        from dataclasses import replace as dc_replace
-
         from agent.ids import new_id
         from agent.timefmt import parse_rfc3339, rfc3339
 
@@ -349,7 +350,7 @@ class Restamper:
                 if isinstance(payload.get(name), str):
                     payload[name] = rfc3339(parse_rfc3339(payload[name]) + shift)
             coalesce = template.coalesce_key
-            msgs.append(dc_replace(
+            msgs.append(replace(
                 template, topic=template.topic.replace(src, self.gid), payload=payload,
                 coalesce_key=None if coalesce is None else coalesce.replace(src, self.gid)))
         return msgs
@@ -373,7 +374,6 @@ async def _run_gateway(gw: _Gateway, start: float, end: float) -> None:
     """The agent's tick loop (``Agent.run``'s, without readers): every tick the simulated
     reads up to now go to the core, ``Agent.tick`` decides and stores, the publisher is
     kicked. Gateways tick at staggered phases, as real ones do."""
-    import numpy as np
 
     agent = gw.agent
     for rid in agent.core.readers:
@@ -398,11 +398,7 @@ async def _run_gateway(gw: _Gateway, start: float, end: float) -> None:
                 gw.script_cursor += 1
             agent.store(msgs, wall)
         else:
-            hi = int(np.searchsorted(gw.ts, now - start, side="right"))
-            if hi > gw.cursor:
-                sl = slice(gw.cursor, hi)
-                agent.core.accept_columns(gw.ts[sl] + start, gw.tag[sl], gw.reader[sl])
-                gw.cursor = hi
+            gw.feed(now - start, start)
             agent.tick(now)
         gw.ledger.committed()
         agent.publisher.kick()
