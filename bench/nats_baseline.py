@@ -27,9 +27,11 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: the repository root is the import root
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from agent.topics import SCHEMA_ZONE_STATE, Topics
 from bench.nats_cluster import NatsCluster
 
-PAYLOAD = json.dumps({"schema": "venue-agent/zone-state@1", "pad": "x" * 400}).encode()
+PAYLOAD = json.dumps({"schema": SCHEMA_ZONE_STATE, "pad": "x" * 400}).encode()
+TOPICS = Topics("baseline")  # the agent's own topic names (venue "baseline")
 
 
 def _clients(urls: list[str], ids: list[int], zones: int, seconds: float, retain: bool,
@@ -56,7 +58,7 @@ def _clients(urls: list[str], ids: list[int], zones: int, seconds: float, retain
         host, port = urls[i % len(urls)].rsplit("//", 1)[1].rsplit(":", 1)
         c.connect(host, int(port), 30)
         c.loop_start()
-        c.subscribe("venue/baseline/ack/#", 1)
+        c.subscribe(TOPICS.ack_filter, 1)  # the gateways' QoS 1 subscription
         clients.append((i, c, sent))
     while start_at.value == 0.0:
         time.sleep(0.01)
@@ -65,7 +67,7 @@ def _clients(urls: list[str], ids: list[int], zones: int, seconds: float, retain
     while time.time() < t0 + seconds:
         for i, c, sent in clients:
             for z in range(zones):
-                info = c.publish(f"venue/baseline/zone/g{i}-z{z}/state", PAYLOAD, qos=1,
+                info = c.publish(TOPICS.zone_state(f"g{i}-z{z}"), PAYLOAD, qos=1,
                                  retain=retain)
                 sent[info.mid] = time.time()
         k += 1
