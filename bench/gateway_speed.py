@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from agent.topics import Topics  # noqa: E402
 from bench.startup import spawn_agent  # noqa: E402
 from firmware_bridge import em4100  # noqa: E402
 
@@ -137,7 +138,7 @@ def measure(transport: str, n_readers: int, seconds: float, cache_dir: Path,
         with start_broker(prefer="auto", workdir=wd / "broker") as broker:
             cfg = wd / "gateway.toml"
             cfg.write_text(_config(wd, ports, broker.url))
-            health = Collector(broker.url, "venue/bench/gateway/gw-speed/health")
+            health = Collector(broker.url, Topics("bench", "gw-speed").health)
             agent = spawn_agent(cfg, cache_dir)
             try:
                 agent.wait_ready(300)

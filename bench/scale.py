@@ -84,7 +84,7 @@ if __package__ in (None, ""):  # run as a script: the repository root is the imp
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.share import mqtt_to_nats
-from agent.topics import Topics
+from agent.topics import SCHEMA_STATUS, SCHEMA_ZONE_STATE, Topics
 from bench.nats_cluster import NatsCluster
 
 VENUE = "scale"
@@ -713,7 +713,7 @@ def run_scale(settings: ScaleSettings, workdir: Path | None = None,
     seq_gaps = 0
     received_seq: dict[str, set[int]] = {}
     for rec in first.values():
-        if rec[2] and rec[3] is not None and not rec[2].endswith("zone-state@1"):
+        if rec[2] and rec[3] is not None and rec[2] != SCHEMA_ZONE_STATE:
             received_seq.setdefault(rec[1], set()).add(int(rec[3]))
     for gid, g in produced.items():
         # Lost: the broker acknowledged it (the row is gone from the outbox) and no member
@@ -723,8 +723,7 @@ def run_scale(settings: ScaleSettings, workdir: Path | None = None,
         got = received_seq.get(gid, set())
         if got:
             seq_gaps += sum(1 for s in range(1, max(got) + 1) if s not in got)
-    ours = [r for r in first.values() if r[1] in produced and not
-            str(r[2]).endswith("status@1")]
+    ours = [r for r in first.values() if r[1] in produced and r[2] != SCHEMA_STATUS]
     latencies = []
     arrivals: dict[str, list[float]] = {}
     for rec in ours:

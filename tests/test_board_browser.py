@@ -21,6 +21,7 @@ from selenium.webdriver.common.by import By
 
 from agent.ids import new_id
 from agent.timefmt import rfc3339
+from agent.topics import SCHEMA_MOMENT, SCHEMA_NUDGE, SCHEMA_ZONE_STATE
 from tests.contract_check import assert_valid
 from tests.test_board import SSE_LATENCY_MAX_S, VENUE, T, _publisher, _send, board
 
@@ -101,7 +102,7 @@ class Stream:
     def zone(self, zone: str, name: str, wait_s: float, joining: float, queue: int,
              forecast: float) -> dict[str, Any]:
         self.state_seq += 1
-        return {"schema": "venue-agent/zone-state@1", "id": new_id(), "venue": VENUE,
+        return {"schema": SCHEMA_ZONE_STATE, "id": new_id(), "venue": VENUE,
                 "gateway": "gw-01", "at": rfc3339(time.time()), "seq": self.state_seq,
                 "zone": zone, "zone_name": name, "kind": "queue", "capacity": None,
                 "queue_length": queue, "occupancy": queue, "wait_s": wait_s,
@@ -115,7 +116,7 @@ class Stream:
                metrics: dict[str, Any]) -> dict[str, Any]:
         self.seq += 1
         now = rfc3339(time.time())
-        return {"schema": "venue-agent/moment@1", "id": new_id(), "venue": VENUE,
+        return {"schema": SCHEMA_MOMENT, "id": new_id(), "venue": VENUE,
                 "gateway": "gw-01", "at": now, "seq": self.seq, "moment_id": moment_id,
                 "kind": "queue_long", "zone": zone, "zone_name": name, "status": status,
                 "opened_at": now, "value": value, "unit": "s", "open_level": 1800.0,
@@ -127,7 +128,7 @@ class Stream:
     def nudge(self, zone: str, name: str, moment_id: str, wait_s: float,
               message: str) -> dict[str, Any]:
         self.seq += 1
-        return {"schema": "venue-agent/nudge@1", "id": new_id(), "venue": VENUE,
+        return {"schema": SCHEMA_NUDGE, "id": new_id(), "venue": VENUE,
                 "gateway": "gw-01", "at": rfc3339(time.time()), "seq": self.seq,
                 "moment_id": moment_id, "zone": zone, "zone_name": name, "wait_s": wait_s,
                 "message": message, "valid_for_s": 600}

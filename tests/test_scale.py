@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from agent.topics import Topics
 from bench.nats_cluster import NatsCluster, nats_server_binary
 from bench.scale import VENUE, Restamper, ScaleSettings, gateway_id, record_script, run_scale
 from tests.mqtt_helpers import Collector, wait_for
@@ -49,7 +50,7 @@ def test_scale_bounded_no_loss_no_gap(tmp_path: Path) -> None:
     def read_retained(cluster: NatsCluster) -> None:
         # Every zone's retained state, read from each node in turn.
         for i, url in enumerate(cluster.mqtt_urls):
-            with Collector(url, f"venue/{VENUE}/zone/+/state") as sub:
+            with Collector(url, Topics(VENUE).zone_state("+")) as sub:
                 want = GATEWAYS * ZONES_PER_GATEWAY
 
                 def complete(s: Collector = sub, w: int = want) -> bool:
@@ -80,7 +81,7 @@ def test_scale_bounded_no_loss_no_gap(tmp_path: Path) -> None:
     assert all(n > 0 for n in report.per_member), report.per_member  # the group shared it
 
     # Retained zone state: on every node, every zone, the same (latest) message.
-    zones = {f"venue/{VENUE}/zone/{gateway_id(g)}-{z}/state" for g in range(GATEWAYS)
+    zones = {Topics(VENUE).zone_state(f"{gateway_id(g)}-{z}") for g in range(GATEWAYS)
              for z in ("dino-queue", "jungle-queue", "plaza")}
     for i in range(3):
         assert set(retained[i]) == zones, f"node {i + 1}"
