@@ -614,22 +614,25 @@ def watch(broker_url: str, venue: str, *, team: str | None = None, duration_s: f
                 if stop_check is not None and stop_check():
                     break
                 feed.poll()
-                state.connected, state.last_error = feed.connected, feed.last_error
+                # One reading of paho's thread's flags per turn: the line printed and the
+                # acknowledgement below must agree on whether the broker was connected.
+                connected, last_error = feed.connected, feed.last_error
+                state.connected, state.last_error = connected, last_error
                 state.ever_connected, state.down_since = feed.ever_connected, feed.down_since
                 if (not feed.ever_connected and connect_timeout_s is not None
                         and time.monotonic() - started > connect_timeout_s):
                     raise NeverConnected(
                         f"no connection to the broker at {broker_url} within "
-                        f"{connect_timeout_s:g} s ({feed.last_error or 'no answer'})")
-                link = ("connected" if feed.connected else
-                        "UNREACHABLE" if feed.last_error else "connecting")
+                        f"{connect_timeout_s:g} s ({last_error or 'no answer'})")
+                link = ("connected" if connected else
+                        "UNREACHABLE" if last_error else "connecting")
                 if not redraw and link != shown:
                     print(f"broker {link}: {broker_url}" + (
-                        f" ({feed.last_error}); retrying" if link == "UNREACHABLE" else
+                        f" ({last_error}); retrying" if link == "UNREACHABLE" else
                         f" (MQTT {feed.protocol})" if link == "connected" else ""),
                         file=out, flush=True)
                 shown = link
-                if ack is not None and feed.connected:
+                if ack is not None and connected:
                     info = take(ack)
                     info.wait_for_publish(timeout=10)
                     if not info.is_published():
@@ -654,7 +657,7 @@ def watch(broker_url: str, venue: str, *, team: str | None = None, duration_s: f
                     break
                 if key in ("a", "A", "\n", "\r", " "):
                     newest = state.newest_open_alert()
-                    if newest is not None and newest.moment_id is not None and feed.connected:
+                    if newest is not None and newest.moment_id is not None and connected:
                         take(newest.moment_id)
                         # shown at once; the retained ack comes back over the subscription
                         state.acks[newest.moment_id] = {"by": by}

@@ -226,3 +226,52 @@ def test_auto_falls_back_to_mqtt_3_1_1_on_a_broker_without_mqtt_5(tmp_path: Path
         assert out.returncode == 0, (out.stdout, out.stderr)
         assert f"acknowledged {MID_OLD} as dave" in out.stdout
         assert "broker connected: " + broker.url + " (MQTT 3.1.1)" in out.stdout
+
+
+class _FlippingFeed:
+    """A feed whose broker link comes up between two reads of ``connected`` within one turn
+    of the console's loop: as paho's thread can make it do at any moment."""
+
+    def __init__(self, *_a: object, **_k: object) -> None:
+        self.reads = 0
+        self.ever_connected, self.down_since = False, None
+        self.last_error: str | None = "connection lost: Unspecified error"
+        self.protocol = "3.1.1"
+        self.acked: list[str] = []
+
+    @property
+    def connected(self) -> bool:
+        self.reads += 1
+        # Down for the first two reads, up from the third: the old loop read the flag three
+        # times a turn (state, printed line, acknowledgement) and so acknowledged unseen.
+        return self.reads > 2
+
+    def start(self) -> None: ...
+    def poll(self) -> None: ...
+    def stop(self) -> None: ...
+
+    def publish(self, topic: str, payload: dict[str, object], **_k: object) -> object:
+        self.acked.append(topic)
+
+        class _Info:
+            def wait_for_publish(self, timeout: float) -> None: ...
+            def is_published(self) -> bool:
+                return True
+        return _Info()
+
+
+def test_the_link_line_and_the_acknowledgement_read_the_link_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A console that acknowledges while it still prints the broker as down would tell staff
+    the opposite of what happened: every "acknowledged" follows a "connected" line."""
+    import agent.console as console
+
+    made: list[_FlippingFeed] = []
+    monkeypatch.setattr(console, "MqttFeed", lambda *a, **k: made.append(_FlippingFeed()) or made[-1])
+    out = io.StringIO()
+    watch("mqtt://127.0.0.1:1", VENUE, ack=MID_OLD, name="erin", out=out, redraw=False,
+          duration_s=10, connect_timeout_s=None)
+    lines = out.getvalue().splitlines()
+    assert made and made[0].acked == [T.ack(MID_OLD)]
+    assert lines[-1] == f"acknowledged {MID_OLD} as erin"
+    assert "broker connected: mqtt://127.0.0.1:1 (MQTT 3.1.1)" in lines[:-1], lines
