@@ -110,6 +110,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_build_kernels(args: argparse.Namespace) -> int:
+    """Compile the ahead-of-time kernels where ``run`` with the same config will load them."""
+    if args.dir:
+        folder: Path | None = Path(args.dir)
+    else:
+        folder = None
+        if args.config:
+            from agent.runtime import prepare_numba_cache
+
+            prepare_numba_cache(_load(args.config))  # the directory `run` uses
+    from kernels.aot_build import BuildError, build
+
+    try:
+        path, took = build(folder)
+    except BuildError as e:
+        return _fail(f"cannot build the kernels: {e}", EXIT_FAIL)
+    print(f"built {path} in {took:.1f} s")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from agent.demo import run_demo
 
@@ -455,6 +475,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the reader's protocol, one of %(choices)s")
     s.add_argument("--port", help="read from this pyserial URL instead of stdin")
     s.set_defaults(func=cmd_decode)
+
+    s = _command(sub, "build-kernels",
+                 "compile the kernels ahead of time: starts without numba, in less memory",
+                 "venue-agent build-kernels --config /etc/venue-agent/gateway.toml",
+                 description=(
+                     "Compile the zone kernels once, for this code and this CPU, into the "
+                     "\"aot\" folder of the numba cache directory (storage.numba_cache_dir, "
+                     "or NUMBA_CACHE_DIR). `run` then loads them without numba or LLVM; "
+                     "without them it compiles with numba's JIT, as before. Needs a C "
+                     "compiler and the Python headers (Debian: build-essential python3-dev). "
+                     "Run it again after an upgrade: a module built for other code is "
+                     "ignored."))
+    s.add_argument("--config", help="gateway config (TOML): build where `run` will look")
+    s.add_argument("--dir", help="build into this directory instead")
+    s.set_defaults(func=cmd_build_kernels)
 
     s = _command(sub, "doctor", "check a gateway: config, ports, storage, broker",
                  "venue-agent doctor --config /etc/venue-agent/gateway.toml")

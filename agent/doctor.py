@@ -69,6 +69,7 @@ def run_doctor(cfg: Config, out: TextIO, *, listen_s: float = 3.0, answer_s: flo
     report(check_clock())
     report(check_disk(cfg))
     report(check_numba_cache(cfg))
+    report(check_kernels(cfg))
     report(check_key_file(cfg))
     print(f"{counts[FAIL]} problem(s), {counts[WARN]} warning(s)", file=out)
     return 0 if counts[FAIL] == 0 else 1
@@ -639,6 +640,21 @@ def check_numba_cache(cfg: Config) -> Check:
                      "user: a new version will compile on every start")
     return Check(OK, what, f"warm ({len(index)} compiled kernels; a new version compiles "
                  "once)")
+
+
+def check_kernels(cfg: Config) -> Check:
+    """Whether ``run`` will load ahead-of-time kernels (kernels/backends.py) or use numba."""
+    from kernels import backends
+
+    env = os.environ.get("NUMBA_CACHE_DIR")
+    folder = (Path(env) if env else cfg.numba_cache_dir) / "aot"
+    what = "kernels"
+    try:
+        found = backends.load_aot(folder)
+    except backends.KernelsUnavailable as e:
+        return Check(WARN, what, f"numba JIT: {e}; starts take about 1 s and 100 MB more "
+                     f"than with them: venue-agent build-kernels --config <this config>")
+    return Check(OK, what, f"ahead of time: {found.origin}")
 
 
 def check_key_file(cfg: Config) -> Check:

@@ -142,8 +142,13 @@ class Agent:
         self._key_error_epoch: int | None = None
         prepare_numba_cache(cfg)  # before the core imports kernels
         from agent.gateway import GatewayCore
+        from kernels.backends import KernelsUnavailable
 
-        self.core = GatewayCore(cfg, key=key, started_at=self.wall())
+        try:
+            self.core = GatewayCore(cfg, key=key, started_at=self.wall())
+        except (KernelsUnavailable, ValueError) as e:  # VENUE_AGENT_KERNELS: named
+            raise StartupError(str(e)) from None
+        log.info("kernels: %s", self.core.engine.kernels.describe())
         self.core.warm_up(self.clock())
         self._restore_checkpoint()
         self._experiment = self._open_experiment()

@@ -2,6 +2,8 @@
 
 Measures, in one run on this machine, and prints next to the targets:
 
+- kernels_backend: which compiled kernels the figures below ran (kernels/backends.py: "aot"
+  unless the module cannot be built here);
 - ingest_reads_per_s: ZoneEngine.ingest on one core (process pinned, NUMBA_NUM_THREADS=1),
   warm, median of repeats, in gateway-sized batches (one tick of reads) and in large batches;
 - kernel_vs_bare / kernel_vs_bare_large_batch: that rate over the rate of a bare
@@ -12,7 +14,10 @@ Measures, in one run on this machine, and prints next to the targets:
   the same stream and batches, measured in the same run (ratios, so they survive a slower or
   busier machine better than absolute figures do);
 - tick_ms_p50 / tick_ms_p99: ZoneEngine.tick with 50,000 live tags in 20 zones;
-- cold_start_s / warm_start_s / rss_mb: the agent process (bench/startup.py);
+- cold_start_s / warm_start_s / rss_mb: the agent process (bench/startup.py): cold on
+  numba's JIT with an empty cache, warm and steady on the ahead-of-time kernels as an
+  installed gateway runs (warm_start_jit_s / rss_jit_mb: on numba's warm cache instead;
+  aot_build_s: ``venue-agent build-kernels``);
 - gateway_pty_reads_per_cpu_s / gateway_socket_reads_per_cpu_s: the whole gateway,
   ``venue-agent run`` fed by EM4100 readers on PTYs and through ``socket://`` as fast as it
   takes bytes, reads per second of the agent's CPU (bench/gateway_speed.py: 2 readers of
@@ -28,8 +33,12 @@ from __future__ import annotations
 
 import os
 
-# numba reads this when first imported, which the imports below do.
+# numba reads these when first imported, which the imports below do. The kernels and the
+# whole-gateway runs use one cache of their own, with the ahead-of-time module built in it
+# (ensure_aot): the kernels a gateway installed by the book runs.
 os.environ["NUMBA_NUM_THREADS"] = "1"
+BENCH_CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "numba-cache")
+os.environ.setdefault("NUMBA_CACHE_DIR", BENCH_CACHE)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -218,16 +227,38 @@ def report(result: dict[str, Any]) -> str:
         "tick_ms_p50",
         "cold_start_s",
         "cold_first_ingest_s",
+        "aot_build_s",
+        "warm_start_jit_s",
         "rss_peak_mb",
+        "rss_jit_mb",
         "rss_cold_mb",
         "gateway_socket_reads_per_cpu_s",
         "gateway_pty_uncached_reads_per_cpu_s",
     ):
-        if name in result:
+        if result.get(name) is not None:
             lines.append(f"{name:<32}{fmt(name, result[name]):>12}")
     if "start_measured_to" in result:
         lines.append(f"start-up measured to the {result['start_measured_to']}")
     return "\n".join(lines)
+
+
+def ensure_aot(log: Any) -> Any:
+    """The kernels this run measures: the ahead-of-time module of NUMBA_CACHE_DIR, built
+    first when missing (kernels/backends.py); numba's JIT only if it cannot be built."""
+    from kernels import backends
+    from kernels.aot_build import BuildError, build
+
+    try:
+        return backends.load_aot()
+    except backends.KernelsUnavailable:
+        pass
+    try:
+        path, took = build()
+        log(f"built the ahead-of-time kernels in {took:.0f} s: {path}")
+        return backends.load_aot()
+    except (BuildError, backends.KernelsUnavailable) as e:
+        log(f"measuring numba's JIT: {e}")
+        return backends.jit_kernels(str(e))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,8 +275,10 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     from agent.progress import progress
+    from kernels.backends import aot_dir
 
     started = time.monotonic()
+    kernels = ensure_aot(log)
     before = pin_to_one_core()
     try:
         with progress("bench: kernels"):  # a spinner and the elapsed time, on a terminal
@@ -253,18 +286,23 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if before is not None:
             os.sched_setaffinity(0, before)  # the agent gets the whole machine, as in service
+    figures["kernels_backend"] = kernels.backend
     detail = figures.pop("detail")
     if not args.skip_agent:
         log("agent: cold start, warm starts, steady RSS")
         with tempfile.TemporaryDirectory(prefix="venue-agent-bench-") as tmp, progress(
             "bench: agent start-up and RSS"
         ):
+            # A bounded run copies this run's module (the same build) instead of building.
+            prebuilt = aot_dir() if args.quick and kernels.backend == "aot" else None
             agent = startup.measure_agent(
-                Path(tmp), warm_repeats=sizes.warm_repeats, steady_s=sizes.steady_s
+                Path(tmp), warm_repeats=sizes.warm_repeats, steady_s=sizes.steady_s,
+                prebuilt=prebuilt,
             )
         detail["agent"] = agent
         keys = ("cold_start_s", "cold_first_ingest_s", "warm_start_s", "rss_mb", "rss_peak_mb")
-        for key in (*keys, "rss_cold_mb", "start_measured_to"):
+        for key in (*keys, "rss_cold_mb", "aot_build_s", "warm_start_jit_s", "rss_jit_mb",
+                    "start_measured_to"):
             figures[key] = agent[key]
     if not args.skip_agent:
         log("whole gateway: venue-agent run fed by readers as fast as it takes bytes")
@@ -272,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quick:
             runs += [("gateway_socket", "socket", gateway_speed.N_TAGS),
                      ("gateway_pty_uncached", "pty", gateway_speed.UNCACHED_TAGS)]
-        cache = ROOT / ".pytest_cache" / "numba-cache"
+        cache = Path(os.environ["NUMBA_CACHE_DIR"])
         with progress("bench: whole gateway"):
             for name, transport, tags in runs:
                 g = gateway_speed.measure(transport, 2, sizes.gateway_s, cache, n_tags=tags,

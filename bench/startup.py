@@ -1,12 +1,14 @@
-"""Agent process measurements: start-up time (cold and warm numba cache) and steady RSS.
+"""Agent process measurements: start-up time (cold, warm) and steady RSS.
 
 Each launch runs ``venue-agent run --config F`` as a subprocess, exactly as a gateway's
 service does, against the demo layout's simulated readers (virtual serial ports) and a local
 broker. Start-up is timed from just before the process is spawned to the runtime's log line
 "first tick ..." (written after the engine is built and its kernels compiled or loaded, the
 broker client created, the readers opened and the first tick run). Cold
-launches point NUMBA_CACHE_DIR at an empty directory, so every kernel compiles; warm launches
-reuse the directory a cold launch filled.
+launches point NUMBA_CACHE_DIR at an empty directory and use numba's JIT, so every kernel
+compiles; then ``venue-agent build-kernels`` builds the ahead-of-time module there, and warm
+launches reuse the directory: on that module (as an installed gateway starts) and, for
+comparison, on numba's cache (VENUE_AGENT_KERNELS=jit).
 """
 
 from __future__ import annotations
@@ -85,8 +87,11 @@ class AgentProcess:
                 self.proc.wait()
 
 
-def spawn_agent(config: Path, cache_dir: Path) -> AgentProcess:
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), PYTHONUNBUFFERED="1")
+def spawn_agent(config: Path, cache_dir: Path, kernels: str = "auto") -> AgentProcess:
+    """``venue-agent run`` on ``config`` with numba's cache (and the ahead-of-time module's
+    folder) in ``cache_dir``; ``kernels``: VENUE_AGENT_KERNELS (kernels/backends.py)."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), PYTHONUNBUFFERED="1",
+               VENUE_AGENT_KERNELS=kernels)
     spawned = time.monotonic()
     proc = subprocess.Popen(
         die_with_parent([*agent_command(), "run", "--config", str(config)]),
@@ -106,19 +111,26 @@ def ingest_kernel_cached(cache_dir: Path) -> bool:
 
 
 def measure_agent(
-    workdir: Path, *, warm_repeats: int, steady_s: float, seed: int = 7
+    workdir: Path, *, warm_repeats: int, steady_s: float, seed: int = 7,
+    prebuilt: Path | None = None,
 ) -> dict[str, Any]:
-    """Cold start once, then ``warm_repeats`` warm starts. Returns (seconds, MiB):
+    """Cold start once, build the ahead-of-time kernels, then ``warm_repeats`` warm starts
+    on them and as many on numba's warm cache. Returns (seconds, MiB):
 
-    cold_start_s: spawn to running with an empty cache (the start-up warm-up compiles every
-        kernel, the ingest kernel too: ZoneEngine.ingest runs its first batch through the
-        kernel even when empty). The cold launch then replays simulated reads until the
-        ingest kernel is in the cache: cold_first_ingest_s is spawn to that moment,
-        rss_cold_mb the RSS then (compiler memory included). This leaves the cache complete
-        for the warm launches.
-    warm_start_s: median spawn-to-running of the warm launches (each one in warm_starts_s).
-    rss_mb / rss_peak_mb: VmRSS / VmHWM of the last warm launch after ``steady_s`` seconds of
-        simulated reads.
+    cold_start_s: spawn to running with an empty cache, on numba's JIT (the start-up warm-up
+        compiles every kernel, the ingest kernel too: ZoneEngine.ingest runs its first batch
+        through the kernel even when empty). The cold launch then replays simulated reads
+        until the ingest kernel is in the cache: cold_first_ingest_s is spawn to that
+        moment, rss_cold_mb the RSS then (compiler memory included). This leaves numba's
+        cache complete for the warm JIT launches.
+    aot_build_s: ``venue-agent build-kernels`` into the same cache (what an install runs);
+        None when the module is copied from ``prebuilt`` instead (a folder holding the module
+        for this code: the same build, for a bounded run).
+    warm_start_s: median spawn-to-running of the warm launches on the ahead-of-time kernels,
+        as an installed gateway starts (each one in warm_starts_s); warm_start_jit_s the
+        same with VENUE_AGENT_KERNELS=jit (numba loading its cached kernels).
+    rss_mb / rss_peak_mb: VmRSS / VmHWM of the last warm launch (ahead of time) after
+        ``steady_s`` seconds of simulated reads; rss_jit_mb the same on JIT.
     """
     from agent.broker import start_broker
     from agent.demo import sim_config
@@ -132,7 +144,7 @@ def measure_agent(
     broker = start_broker(prefer="auto", workdir=workdir / "broker")
     venues: list[SimulatedVenue] = []
 
-    def launch(i: int) -> tuple[AgentProcess, SimulatedVenue]:
+    def launch(i: int, kernels: str) -> tuple[AgentProcess, SimulatedVenue]:
         # Fresh virtual readers per launch (a replay runs once); the state directory is
         # shared, as across restarts of one gateway.
         venue = SimulatedVenue(demo_rush(), workdir / f"sim{i}", seed=seed)
@@ -146,14 +158,14 @@ def measure_agent(
                 db_path=workdir / "state" / "agent.db",
             )
         )
-        return spawn_agent(config, cache), venue
+        return spawn_agent(config, cache, kernels), venue
 
     def alive(ap: AgentProcess) -> None:
         if ap.proc.poll() is not None:
             raise RuntimeError("the agent exited:\n" + "\n".join(ap.lines[-20:]))
 
     try:
-        ap, venue = launch(0)
+        ap, venue = launch(0, "jit")
         try:
             cold = ap.wait_ready(START_TIMEOUT_S)
             venue.start()
@@ -167,29 +179,49 @@ def measure_agent(
             rss_cold = ap.rss_mb()["VmRSS"]
         finally:
             ap.stop()
-        warm: list[float] = []
-        rss: dict[str, float] = {}
+        aot_build: float | None = None
+        if prebuilt is not None:
+            shutil.copytree(prebuilt, cache / "aot")
+        else:
+            t0 = time.monotonic()
+            subprocess.run([*agent_command(), "build-kernels", "--dir", str(cache / "aot")],
+                           check=True, stdout=subprocess.DEVNULL,
+                           env=dict(os.environ, NUMBA_CACHE_DIR=str(cache)))
+            aot_build = time.monotonic() - t0
+        warm: dict[str, list[float]] = {"auto": [], "jit": []}
+        rss: dict[str, dict[str, float]] = {}
         reads = 0
+        launches = 0
         for i in range(1, warm_repeats + 1):
-            ap, venue = launch(i)
-            try:
-                warm.append(ap.wait_ready(START_TIMEOUT_S))
-                if i == warm_repeats:
-                    venue.start()
-                    time.sleep(steady_s)
-                    alive(ap)
-                    rss = ap.rss_mb()
-                    reads = venue.reads_sent
-            finally:
-                ap.stop()
+            for kernels in ("auto", "jit"):  # alternated: the machine's load hits both alike
+                launches += 1
+                ap, venue = launch(launches, kernels)
+                try:
+                    warm[kernels].append(ap.wait_ready(START_TIMEOUT_S))
+                    if kernels == "auto" and not any("ahead-of-time module" in line
+                                                     for line in ap.lines):
+                        raise RuntimeError("the agent did not load the ahead-of-time kernels:"
+                                           "\n" + "\n".join(ap.lines[-20:]))
+                    if i == warm_repeats:
+                        venue.start()
+                        time.sleep(steady_s)
+                        alive(ap)
+                        rss[kernels] = ap.rss_mb()
+                        reads = venue.reads_sent
+                finally:
+                    ap.stop()
         return {
             "cold_start_s": cold,
             "cold_first_ingest_s": cold_first_ingest,
             "rss_cold_mb": rss_cold,
-            "warm_start_s": statistics.median(warm),
-            "warm_starts_s": warm,
-            "rss_mb": rss["VmRSS"],
-            "rss_peak_mb": rss["VmHWM"],
+            "aot_build_s": aot_build,
+            "warm_start_s": statistics.median(warm["auto"]),
+            "warm_starts_s": warm["auto"],
+            "warm_start_jit_s": statistics.median(warm["jit"]),
+            "warm_starts_jit_s": warm["jit"],
+            "rss_mb": rss["auto"]["VmRSS"],
+            "rss_peak_mb": rss["auto"]["VmHWM"],
+            "rss_jit_mb": rss["jit"]["VmRSS"],
             "steady_s": steady_s,
             "reads_replayed_steady": reads,
             "broker": broker.kind,

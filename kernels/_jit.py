@@ -111,20 +111,23 @@ class FixedCall:
 
     The caller guarantees the types: every later call passes arguments of exactly the first
     call's numba types (the same dtypes, dimensions, layout, and for arrays writeable and
-    aligned: ``ZoneEngine`` checks ``flags.behaved`` of the read columns and calls ``kernel``
-    otherwise), because the entry point does not check them. Without an ``overloads`` entry
-    for the types (another numba) it keeps using the dispatcher."""
+    aligned: ``engine.as_read_columns`` copies read columns that are not), because the entry
+    point does not check them. Without an ``overloads`` entry for the types (another numba)
+    it keeps using the dispatcher. ``types`` keeps the first call's numba types
+    (``aot_build`` compiles the ahead-of-time module for exactly these)."""
 
-    __slots__ = ("kernel", "call")
+    __slots__ = ("call", "kernel", "types")
 
     def __init__(self, kernel: Any) -> None:
         self.kernel = kernel
         self.call: Callable[..., Any] = self._first
+        self.types: tuple[Any, ...] | None = None  # the first call's numba argument types
 
     def _first(self, *args: Any) -> Any:
         out = self.kernel(*args)
         try:
             sig = tuple(self.kernel.typeof_pyval(a) for a in args)
+            self.types = sig
             self.call = self.kernel.overloads[sig].entry_point
         except (AttributeError, KeyError):  # pragma: no cover - another numba's internals
             self.call = self.kernel

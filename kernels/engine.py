@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from ._jit import FixedCall
+from .backends import Kernels, choose
 from .codes import (
     C_BAD_READS,
     C_EVICTIONS,
@@ -24,9 +24,6 @@ from .codes import (
     N_COUNTERS,
     N_FLOAT_METRICS,
 )
-from .hashtable import table_bits
-from .ingest import ingest_reads
-from .queue_order import queue_entries
 from .state import (
     BleCandidates,
     History,
@@ -38,10 +35,9 @@ from .state import (
     TopologyArrays,
     ZoneState,
     named_from,
+    table_bits,
 )
-from .sweep import sweep_departures
 from .topology import Topology
-from .window_stats import zone_metrics
 
 __all__ = [
     "FLOAT_METRICS",
@@ -255,6 +251,12 @@ def rate_span_s(
 _NO_RSSI = np.empty(0, dtype=np.float32)
 
 
+def _behaved(column: np.ndarray, dtype: type) -> np.ndarray:
+    """``column`` as a 1-d, C-contiguous, aligned, writeable array of ``dtype`` (no copy when
+    it already is one)."""
+    return np.require(np.asarray(column, dtype=dtype).reshape(-1), requirements=["C", "A", "W"])
+
+
 def as_read_columns(
     ts: np.ndarray,
     tag: np.ndarray,
@@ -265,10 +267,14 @@ def as_read_columns(
     """Read columns as contiguous float64 / uint64 / int32 / float32 arrays of equal length.
 
     A missing ``rssi`` becomes all NaN (no RSSI: RFID reads), or with ``empty_rssi`` an empty
-    array (ingest.ingest_reads: no read of the batch has an RSSI)."""
-    ts = np.ascontiguousarray(ts, dtype=np.float64).reshape(-1)
-    tag = np.ascontiguousarray(tag, dtype=np.uint64).reshape(-1)
-    reader = np.ascontiguousarray(reader, dtype=np.int32).reshape(-1)
+    array (ingest.ingest_reads: no read of the batch has an RSSI).
+
+    Each column is also aligned and writeable (a copy of a read-only or unaligned view of
+    someone else's buffer): the compiled kernels are called with one fixed type per argument
+    (backends.py), and for numba a read-only array is another type."""
+    ts = _behaved(ts, np.float64)
+    tag = _behaved(tag, np.uint64)
+    reader = _behaved(reader, np.int32)
     n = ts.size
     if rssi is None:
         if empty_rssi:
@@ -276,7 +282,7 @@ def as_read_columns(
                 raise ValueError("ts, tag, reader (and rssi) must have the same length")
             return ts, tag, reader, _NO_RSSI
         rssi = np.full(n, np.nan, dtype=np.float32)
-    rssi = np.ascontiguousarray(rssi, dtype=np.float32).reshape(-1)
+    rssi = _behaved(rssi, np.float32)
     if tag.size != n or reader.size != n or rssi.size != n:
         raise ValueError("ts, tag, reader (and rssi) must have the same length")
     return ts, tag, reader, rssi
@@ -329,9 +335,13 @@ class ZoneEngine:
     ``snapshot()`` / ``restore(snapshot, now)`` checkpoint the state across a restart.
     """
 
-    def __init__(self, topo: Topology, **params: float) -> None:
-        """``params``: any EngineParams field by name (max_tags, window_s, horizon_s, ...)."""
+    def __init__(self, topo: Topology, *, kernels: Kernels | None = None,
+                 **params: float) -> None:
+        """``params``: any EngineParams field by name (max_tags, window_s, horizon_s, ...).
+        ``kernels``: the compiled code to call (backends.py; default: the process's choice,
+        an ahead-of-time module when one is built, else numba's JIT)."""
         self.topo = topo
+        self.kernels = choose() if kernels is None else kernels
         self.params = p = EngineParams(**params)  # type: ignore[arg-type]
         self._fingerprint = fingerprint(topo, p)
         bits = table_bits(p.max_tags)
@@ -448,11 +458,13 @@ class ZoneEngine:
         )
         self._k_lines = QueueLines(self._q_first, self._q_off, self._q_one, self._q_one_n)
         # Every argument of these calls has one numba type for the engine's life (the read
-        # columns when ``flags.behaved``, see ingest), so they skip numba's per-call typing.
-        self._ingest_reads = FixedCall(ingest_reads)
-        self._sweep_departures = FixedCall(sweep_departures)
-        self._queue_entries = FixedCall(queue_entries)
-        self._zone_metrics = FixedCall(zone_metrics)
+        # columns too: as_read_columns), so they skip numba's per-call typing (jit) or are
+        # checked once (aot): backends.py.
+        k = self.kernels
+        self._ingest_reads = k.call("ingest_reads")
+        self._sweep_departures = k.call("sweep_departures")
+        self._queue_entries = k.call("queue_entries")
+        self._zone_metrics = k.call("zone_metrics")
 
     def ingest(
         self, ts: np.ndarray, tag: np.ndarray, reader: np.ndarray, rssi: np.ndarray | None = None
@@ -467,11 +479,7 @@ class ZoneEngine:
         # empty batch so the kernel is compiled (or loaded from the cache) at start-up, not
         # on the first tick with reads.
         self._ingest_compiled = True
-        # as_read_columns fixes dtype, shape and layout; a read-only or unaligned column (a
-        # view of someone else's buffer) is another numba type: through the dispatcher.
-        behaved = ts.flags.behaved and tag.flags.behaved and reader.flags.behaved
-        kernel = self._ingest_reads.call if behaved and rssi.flags.behaved else ingest_reads
-        t_lo, t_hi = kernel(
+        t_lo, t_hi = self._ingest_reads.call(
             ts,
             tag,
             reader,

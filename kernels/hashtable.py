@@ -16,13 +16,11 @@ from __future__ import annotations
 import numpy as np
 
 from ._jit import jit
+from .state import table_bits
+
+__all__ = ["home_slot", "table_bits", "table_find", "table_remove", "table_remove_at"]
 
 _FIB = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio: spreads sequential keys
-
-
-def table_bits(n_rows: int) -> int:
-    """log2 of the slot count for ``n_rows`` tag rows: the smallest power of two >= 2 * n_rows."""
-    return max(4, int(2 * n_rows - 1).bit_length())
 
 
 @jit

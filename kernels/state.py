@@ -242,6 +242,12 @@ class MetricParams(NamedTuple):
     """s: how long the capacity measured on a busy line is remembered."""
 
 
+def table_bits(n_rows: int) -> int:
+    """log2 of the hash table's slot count (``TagTable.slot_keys``) for ``n_rows`` tag rows:
+    the smallest power of two >= 2 * n_rows, so the table is at most half full."""
+    return max(4, int(2 * n_rows - 1).bit_length())
+
+
 def named_from(cls: Any, source: Any) -> Any:
     """``cls`` (a NamedTuple above) with each field read by its name from ``source`` (the
     engine's parameters or topology), scalars cast to the field's type: the one place the

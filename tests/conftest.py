@@ -10,12 +10,40 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 if "NUMBA_CACHE_DIR" not in os.environ:
     os.environ["NUMBA_CACHE_DIR"] = str(
         Path(__file__).resolve().parents[1] / ".pytest_cache" / "numba-cache")
+
+
+
+def pytest_configure(config: Any) -> None:
+    """Build the ahead-of-time kernels (kernels/backends.py) into the session's cache once,
+    before any test (under pytest-xdist: in the controller, before the workers start), so
+    that every agent a test starts runs as an installed gateway does, without numba. The
+    twin tests run both backends explicitly. A failed build stops the session, named."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    import pytest
+
+    from kernels import backends
+
+    try:
+        backends.load_aot()
+        return
+    except backends.KernelsUnavailable:
+        pass
+    from kernels.aot_build import BuildError, build
+
+    try:
+        path, took = build()
+    except BuildError as e:
+        pytest.exit(f"cannot build the ahead-of-time kernels for the tests: {e}", returncode=3)
+    print(f"built the ahead-of-time kernels in {took:.0f} s: {path.name}", file=sys.stderr)
+
 
 # Long runs that `make soak` / `make fuzz` select with `-m soak` / `-m fuzz`. A plain run
 # deselects them (reported as deselected, never as skipped-and-passed); their bounded slices

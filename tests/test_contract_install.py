@@ -151,6 +151,14 @@ def test_the_installed_wheel_finds_its_files_and_writes_a_config(wheel: Path,
     assert "ExecStart=" in Path(r.stdout.strip()).read_text()
     r = run(str(py), "-c", "import agent; print(agent.__file__)")
     assert r.stdout.startswith(site), r.stdout  # not the checkout
+    # The installed kernels hash to the checkout's tag: the wheel carries every compiled
+    # source, so `build-kernels` there builds (and `run` loads) the module for this code.
+    from kernels.backends import source_tag
+
+    r = run(str(py), "-c", "from kernels import backends; print(backends.__file__, "
+                           "backends.source_tag())")
+    where, tag = r.stdout.split()
+    assert where.startswith(site) and tag == source_tag(), (r.stdout, r.stderr)
     # the docs it ships are the contract the code generates
     r = run(agent_bin, "contract", "--check", "--out", str(Path(site) / "venue_agent_data" /
                                                           "docs"))
@@ -166,7 +174,7 @@ def test_the_install_walkthrough_names_real_commands_and_shipped_files() -> None
     section = text[text.index("## Install\n"):text.index("\n## ", text.index("## Install\n"))]
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     used = set(re.findall(r"bin/venue-agent ([a-z][a-z-]*)", section))
-    assert {"init", "check-config", "doctor"} <= used
+    assert {"init", "check-config", "doctor", "build-kernels"} <= used
     assert used <= set(sub.choices), used - set(sub.choices)
     init_flags = {o for a in sub.choices["init"]._actions for o in a.option_strings}
     assert set(re.findall(r"(--[a-z-]+)", section.split("venue-agent init", 1)[1][:200])) <= \

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +27,7 @@ from kernels import (
     Topology,
     ZoneEngine,
 )
+from kernels.backends import choose
 
 # Half-second timestamps: exact in float64 and often equal, so ties in the sort matter.
 offsets = st.integers(min_value=-10, max_value=10).map(lambda k: k / 2)
@@ -140,10 +142,12 @@ def assert_same(a: Any, b: Any) -> None:
     assert a.now == b.now
 
 
+@pytest.mark.parametrize("backend", ["aot", "jit"])  # kernels/backends.py
 @settings(max_examples=300, deadline=None)
 @given(scenario())
-def test_engine_matches_reference(sc: dict[str, Any]) -> None:
-    fast = ZoneEngine(sc["topo"], **sc["params"])
+def test_engine_matches_reference(backend: str, sc: dict[str, Any]) -> None:
+    kernels = choose(backend)
+    fast = ZoneEngine(sc["topo"], kernels=kernels, **sc["params"])
     ref = ReferenceEngine(sc["topo"], **sc["params"])
     clock = 1000.0
     for reads, advance, tick, restart in sc["steps"]:
@@ -161,7 +165,7 @@ def test_engine_matches_reference(sc: dict[str, Any]) -> None:
             assert_same(fast.tick(clock + 1.0), ref.tick(clock + 1.0))
         if restart is not None:
             snap_fast, snap_ref = fast.snapshot(), ref.snapshot()
-            fast = ZoneEngine(sc["topo"], **sc["params"])
+            fast = ZoneEngine(sc["topo"], kernels=kernels, **sc["params"])
             ref = ReferenceEngine(sc["topo"], **sc["params"])
             clock += restart
             fast.restore(snap_fast, clock)
