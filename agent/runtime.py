@@ -7,7 +7,8 @@ to publish and the shell writes it to the SQLite outbox, from which the publishe
 
 Start-up order matters: storage first (a gateway that cannot persist must say so before it
 reads anything), then the pseudonym key, then the numba cache directory (numba reads it when
-``kernels`` is first imported), then the broker connection and the readers.
+``kernels`` is first imported, and the ahead-of-time kernels live in it: kernels/backends.py),
+then the broker connection and the readers.
 """
 
 from __future__ import annotations
