@@ -9,7 +9,9 @@ Public API (see README.md in this package for semantics):
 - ReferenceEngine: the plain-Python twin used as the test oracle
 
 numba reads ``NUMBA_CACHE_DIR`` when it is first imported: set it before importing this
-package if compiled kernels should be cached somewhere other than next to the sources.
+package if compiled kernels should be cached somewhere other than next to the sources. The
+engine calls the kernels compiled ahead of time when ``venue-agent build-kernels`` built them
+(in that directory's ``aot`` folder), else numba's JIT: backends.py.
 """
 
 from .engine import SNAPSHOT_FORMAT, EngineParams, SnapshotMismatch, ZoneEngine, ZoneMetrics

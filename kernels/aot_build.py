@@ -38,6 +38,14 @@ class BuildError(RuntimeError):
     """The module could not be built; the message says what is missing."""
 
 
+NEEDS = ("it needs a C compiler and the Python headers (Debian: build-essential python3-dev); "
+         "until it is built the agent runs on numba's JIT")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def arg_spec(numba_type: Any) -> dict[str, Any]:
     """One argument's numba type as the JSON that backends.check_arg reads."""
     from numba.core import types
@@ -97,15 +105,24 @@ def build(folder: Path | None = None) -> tuple[Path, float]:
     except ImportError as e:
         raise BuildError(f"this numba has no ahead-of-time compiler (numba.pycc): {e}; "
                          f"the agent uses numba's JIT") from None
-    sigs = entry_signatures()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=".build-", dir=folder))
+    except OSError as e:
+        raise BuildError(f"cannot write to {folder}: {e.strerror or e} (run it as the agent's "
+                         f"user, or point NUMBA_CACHE_DIR / --dir at a writable folder)"
+                         ) from None
     from . import ingest, queue_order, sweep, window_stats
 
     modules = {"ingest": ingest, "sweep": sweep, "queue_order": queue_order,
                "window_stats": window_stats}
-    folder.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".build-", dir=folder))
     try:
-        cc = CC(so.name.split(".")[0])
+        sigs = entry_signatures()  # after the folder is known to be writable: fail fast
+        try:
+            cc = CC(so.name.split(".")[0])  # looks for the C compiler
+        except Exception as e:  # noqa: BLE001 - pycc's toolchain check raises RuntimeError
+            raise BuildError(f"no C toolchain for numba's pycc ({_first_line(e)}); "
+                             f"{NEEDS}") from None
         cc.output_dir = str(work)
         cc.target_cpu = "host"
         for name, module_name in backends.ENTRY_POINTS.items():
@@ -117,8 +134,7 @@ def build(folder: Path | None = None) -> tuple[Path, float]:
                 cc.compile()
         except Exception as e:  # noqa: BLE001 - compiler, linker, headers: name it
             raise BuildError(f"compiling the ahead-of-time module failed ({type(e).__name__}: "
-                             f"{e}); it needs a C compiler and the Python headers "
-                             f"(Debian: build-essential python3-dev)") from None
+                             f"{_first_line(e)}); {NEEDS}") from None
         built = [p for p in work.iterdir() if p.name.startswith(cc.name) and p.is_file()]
         if len(built) != 1:
             raise BuildError(f"the compiler left {len(built)} modules, not one, in {work}")

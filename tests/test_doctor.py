@@ -114,6 +114,7 @@ def test_a_healthy_gateway_passes_and_doctor_creates_nothing(
     assert "denies venue/v/gateway/g-doctor-other/health" in _line(text, "[ok] broker ACL")
     assert "does not exist yet" in _line(text, "[ok] storage")
     assert "cold" in _line(text, "[WARN] numba cache") and "minutes on a Pi" in text
+    assert "venue-agent build-kernels" in _line(text, "[WARN] kernels")
     assert "created on first start" in _line(text, "[WARN] pseudonym key")
     assert text.rstrip().splitlines()[-1].startswith("0 problem(s), ")
 
@@ -335,6 +336,25 @@ def test_a_warm_numba_cache_is_reported(tmp_path: Path, broker: LocalBroker,
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(cache))
     rc, text = _doctor(_cfg(tmp_path, broker.url, []))
     assert "warm (1 compiled kernels" in _line(text, f"[ok] numba cache {cache}")
+
+
+def test_kernels_built_ahead_of_time_are_reported(tmp_path: Path, broker: LocalBroker,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from kernels import backends
+
+    so, meta = backends.module_paths(backends.source_tag())  # the test session's build
+    cache = tmp_path / "nb"
+    (cache / "aot").mkdir(parents=True)
+    shutil.copy(so, cache / "aot")
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(cache))
+    rc, text = _doctor(_cfg(tmp_path, broker.url, []))
+    # a module without its description (a copy cut short) is not loaded
+    assert "no ahead-of-time module for this code" in _line(text, "[WARN] kernels")
+    shutil.copy(meta, cache / "aot")
+    rc, text = _doctor(_cfg(tmp_path, broker.url, []))
+    assert f"ahead of time: {cache / 'aot' / so.name}" in _line(text, "[ok] kernels")
 
 
 def test_disk_smaller_than_max_mb_fails(tmp_path: Path, broker: LocalBroker) -> None:

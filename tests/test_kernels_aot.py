@@ -209,3 +209,24 @@ def test_an_agent_without_the_module_runs_on_jit_and_says_so(tmp_path: Path) -> 
         proc.terminate()
         proc.wait(30)
     assert "kernels: numba JIT, cached in " in text
+
+
+def test_build_kernels_names_what_is_missing(tmp_path: Path) -> None:
+    """No writable folder, no C compiler: exit 1 with what to do, nothing half-written."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = subprocess.run([sys.executable, "-m", "agent.cli", "build-kernels", "--dir",
+                          str(blocker / "aot")], capture_output=True, text=True,
+                         env=agent_env(), timeout=120)
+    assert out.returncode == 1, out.stderr
+    assert f"cannot write to {blocker / 'aot'}" in out.stderr
+
+    folder = tmp_path / "aot"
+    out = subprocess.run([sys.executable, "-m", "agent.cli", "build-kernels", "--dir",
+                          str(folder)], capture_output=True, text=True,
+                         env=agent_env(CC=str(tmp_path / "no-such-cc")), timeout=300)
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert "cannot build the kernels: no C toolchain for numba's pycc" in out.stderr
+    assert "needs a C compiler and the Python headers" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert list(folder.iterdir()) == []  # its scratch folder removed, no module, no JSON
