@@ -39,6 +39,7 @@ from agent.topics import (
     SCHEMA_ZONE_STATE,
     Topics,
 )
+from kernels.backends import BACKENDS
 
 __all__ = [
     "ASYNCAPI_FILE",
@@ -563,6 +564,10 @@ def _health() -> dict[str, Any]:
         "tick_ms": _d("Duration of the latest tick, ms.", _NONNEG),
         "tick_ms_max": _d("Longest tick since start, ms.", _NONNEG),
         "live_tags": _d("Pseudonymous tags the engine tracks now.", _COUNT),
+        "kernels": _d("The compiled kernels the engine runs: aot (compiled ahead of time by "
+                      "`venue-agent build-kernels`: starts faster, in about 100 MB less) or "
+                      "jit (numba: no module built for this code and machine; run "
+                      "build-kernels).", {"type": "string", "enum": list(BACKENDS)}),
         "dropped_unknown_reads": _d("Reads from readers not in the config, since start.",
                                     _COUNT),
         "probe": _d("Present (true) only on the probe `venue-agent doctor` publishes to check "
@@ -641,8 +646,8 @@ def examples() -> dict[str, dict[str, Any]]:
             outbox_depth=0, publisher={"connected": True, "protocol": "5", "sent": 26510,
                                        "acked": 26510, "inflight": 0, "oldest_age_s": None,
                                        "replaying": False, "dead_letters": 0},
-            cpu_pct=3.7, rss_mb=182.4, tick_ms=1.42, tick_ms_max=18.9, live_tags=531,
-            dropped_unknown_reads=0),
+            cpu_pct=3.7, rss_mb=61.4, tick_ms=1.42, tick_ms_max=18.9, live_tags=531,
+            kernels="aot", dropped_unknown_reads=0),
         SCHEMA_ZONE_STATE: env(
             SCHEMA_ZONE_STATE, "01JWJ3Q8ZQ0000000000000003", seq=21874, zone="dino-queue",
             kind="queue", capacity=400,

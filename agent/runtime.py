@@ -446,6 +446,7 @@ class Agent:
                 "cpu_pct": round(cpu_pct, 1), "rss_mb": round(rss_mb(), 1),
                 "tick_ms": round(self.tick_ms_last, 3), "tick_ms_max": round(self.tick_ms_max, 3),
                 "live_tags": self.core.engine.live_tags,
+                "kernels": self.core.engine.kernels.backend,
                 "dropped_unknown_reads": self.core.dropped_unknown}
 
     # ------------------------------------------------------------------ main

@@ -55,8 +55,10 @@ ENTRY_POINTS: dict[str, str] = {
 }
 """The kernels the engine calls, each with the module (in this package) that defines it."""
 
+BACKENDS = ("aot", "jit")
+"""What a process runs (``Kernels.backend``; the ``kernels`` field of the health message)."""
 BACKEND_ENV = "VENUE_AGENT_KERNELS"
-BACKEND_CHOICES = ("auto", "jit", "aot")
+BACKEND_CHOICES = ("auto", *BACKENDS)
 MODULE_PREFIX = "venue_agent_kernels_"
 # Sources that are not compiled into the kernels: their edits do not make a module stale.
 _NOT_COMPILED = frozenset({"reference.py", "numpy_ingest.py", "backends.py", "aot_build.py"})

@@ -337,6 +337,8 @@ def test_the_health_payload_of_a_real_agent_validates(tmp_path: Path) -> None:
         payload = agent.topics.envelope(HEALTH, agent.wall(), **agent.health())
         assert_valid(agent.topics.health, json.dumps(payload))
         assert payload["readers"]["ride-in"]["reads"] == 1
+        # the session's ahead-of-time kernels (conftest.py), named for a fleet view
+        assert payload["kernels"] == agent.core.engine.kernels.backend == "aot"
     finally:
         agent.outbox.close()
 
