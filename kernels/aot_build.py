@@ -143,8 +143,8 @@ def build(folder: Path | None = None) -> tuple[Path, float]:
             "module": so.name,
             "sha256": hashlib.sha256(built[0].read_bytes()).hexdigest(),
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "numba": backends._version("numba"),
-            "numpy": backends._version("numpy"),
+            "numba": backends.dist_version("numba"),
+            "numpy": backends.dist_version("numpy"),
             "target_cpu": "host",
             "entry_points": {name: [arg_spec(t) for t in sig.args]
                              for name, sig in sigs.items()},

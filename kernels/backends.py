@@ -76,7 +76,8 @@ def aot_dir() -> Path:
     return (Path(base) if base else Path(__file__).resolve().parent / "__pycache__") / "aot"
 
 
-def _version(dist: str) -> str:
+def dist_version(dist: str) -> str:
+    """The installed version of distribution ``dist``, or "-"."""
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -109,7 +110,7 @@ def source_tag() -> str:
     for path in sorted(here.glob("*.py")):
         if path.name not in _NOT_COMPILED:
             h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    for part in (_version("numba"), _version("llvmlite"), _version("numpy"),
+    for part in (dist_version("numba"), dist_version("llvmlite"), dist_version("numpy"),
                  sys.implementation.cache_tag, str(sysconfig.get_config_var("EXT_SUFFIX")),
                  cpu_identity()):
         h.update(part.encode() + b"\0")

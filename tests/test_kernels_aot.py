@@ -87,7 +87,7 @@ def test_the_tag_covers_the_sources_the_versions_and_the_cpu(monkeypatch: pytest
     monkeypatch.setattr(backends, "cpu_identity", lambda: "another cpu")
     assert backends.source_tag() != tag
     monkeypatch.undo()
-    monkeypatch.setattr(backends, "_version", lambda dist: "0.0" if dist == "numba" else "1")
+    monkeypatch.setattr(backends, "dist_version", lambda dist: "0.0" if dist == "numba" else "1")
     assert backends.source_tag() != tag
 
 
