@@ -182,8 +182,8 @@ def load(path: Path, expected_fingerprint: str) -> tuple[Checkpoint | None, str]
 
 def _lengthened(head: np.ndarray, tail: np.ndarray, n: int) -> np.ndarray:
     """``head`` followed by copies of the one-row ``tail`` up to ``n`` rows (save's inverse)."""
-    if tail.shape[:1] != (1,) or head.shape[1:] != tail.shape[1:] or not (
-            head.shape[0] <= n) or head.dtype != tail.dtype:
+    if (tail.shape[:1] != (1,) or head.shape[1:] != tail.shape[1:] or head.shape[0] > n
+            or head.dtype != tail.dtype):
         raise ValueError(f"a head of {head.shape} {head.dtype} and a tail of {tail.shape} "
                          f"{tail.dtype} do not make {n} rows")
     out = np.empty((n, *head.shape[1:]), dtype=head.dtype)

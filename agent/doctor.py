@@ -624,10 +624,15 @@ def check_disk(cfg: Config) -> Check:
     return Check(OK, what, f"{created}{free_mb} MB free for storage.max_mb = {max_mb} MB")
 
 
-def check_numba_cache(cfg: Config) -> Check:
+def _numba_cache_dir(cfg: Config) -> Path:
+    """The numba cache `run` will use: NUMBA_CACHE_DIR wins (runtime.prepare_numba_cache)."""
     env = os.environ.get("NUMBA_CACHE_DIR")
-    d = Path(env) if env else cfg.numba_cache_dir
-    what = f"numba cache {d}" + (" (NUMBA_CACHE_DIR)" if env else "")
+    return Path(env) if env else cfg.numba_cache_dir
+
+
+def check_numba_cache(cfg: Config) -> Check:
+    d = _numba_cache_dir(cfg)
+    what = f"numba cache {d}" + (" (NUMBA_CACHE_DIR)" if "NUMBA_CACHE_DIR" in os.environ else "")
     if not d.is_dir():
         return Check(WARN, what, f"cold (not created yet): {COLD_START_COST}")
     index = [p for sub in d.glob("kernels*") if sub.is_dir() for p in sub.glob("*.nbi")]
@@ -646,11 +651,9 @@ def check_kernels(cfg: Config) -> Check:
     """Whether ``run`` will load ahead-of-time kernels (kernels/backends.py) or use numba."""
     from kernels import backends
 
-    env = os.environ.get("NUMBA_CACHE_DIR")
-    folder = (Path(env) if env else cfg.numba_cache_dir) / "aot"
     what = "kernels"
     try:
-        found = backends.load_aot(folder)
+        found = backends.load_aot(backends.aot_dir(_numba_cache_dir(cfg)))
     except backends.KernelsUnavailable as e:
         return Check(WARN, what, f"numba JIT: {e}; starts take about 1 s and 100 MB more "
                      f"than with them: venue-agent build-kernels --config <this config>")

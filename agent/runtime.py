@@ -147,7 +147,7 @@ class Agent:
 
         try:
             self.core = GatewayCore(cfg, key=key, started_at=self.wall())
-        except (KernelsUnavailable, ValueError) as e:  # VENUE_AGENT_KERNELS: named
+        except KernelsUnavailable as e:  # VENUE_AGENT_KERNELS=aot without a module, or bad
             raise StartupError(str(e)) from None
         log.info("kernels: %s", self.core.engine.kernels.describe())
         self.core.warm_up(self.clock())

@@ -246,16 +246,13 @@ def ensure_aot(log: Any) -> Any:
     """The kernels this run measures: the ahead-of-time module of NUMBA_CACHE_DIR, built
     first when missing (kernels/backends.py); numba's JIT only if it cannot be built."""
     from kernels import backends
-    from kernels.aot_build import BuildError, build
+    from kernels.aot_build import BuildError, ensure
 
     try:
-        return backends.load_aot()
-    except backends.KernelsUnavailable:
-        pass
-    try:
-        path, took = build()
-        log(f"built the ahead-of-time kernels in {took:.0f} s: {path}")
-        return backends.load_aot()
+        kernels, took = ensure()
+        if took is not None:
+            log(f"built the ahead-of-time kernels in {took:.0f} s: {kernels.origin}")
+        return kernels
     except (BuildError, backends.KernelsUnavailable) as e:
         log(f"measuring numba's JIT: {e}")
         return backends.jit_kernels(str(e))

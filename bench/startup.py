@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kernels.backends import AOT_DESCRIPTION, BACKEND_ENV
 from tests.agent_process import die_with_parent
 
 READY_MARK = "first tick "  # from agent/runtime.py: "first tick %.3f s after the agent was created"
@@ -90,8 +91,8 @@ class AgentProcess:
 def spawn_agent(config: Path, cache_dir: Path, kernels: str = "auto") -> AgentProcess:
     """``venue-agent run`` on ``config`` with numba's cache (and the ahead-of-time module's
     folder) in ``cache_dir``; ``kernels``: VENUE_AGENT_KERNELS (kernels/backends.py)."""
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), PYTHONUNBUFFERED="1",
-               VENUE_AGENT_KERNELS=kernels)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), PYTHONUNBUFFERED="1")
+    env[BACKEND_ENV] = kernels
     spawned = time.monotonic()
     proc = subprocess.Popen(
         die_with_parent([*agent_command(), "run", "--config", str(config)]),
@@ -198,7 +199,7 @@ def measure_agent(
                 ap, venue = launch(launches, kernels)
                 try:
                     warm[kernels].append(ap.wait_ready(START_TIMEOUT_S))
-                    if kernels == "auto" and not any("ahead-of-time module" in line
+                    if kernels == "auto" and not any(AOT_DESCRIPTION in line
                                                      for line in ap.lines):
                         raise RuntimeError("the agent did not load the ahead-of-time kernels:"
                                            "\n" + "\n".join(ap.lines[-20:]))

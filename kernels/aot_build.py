@@ -64,9 +64,12 @@ def arg_spec(numba_type: Any) -> dict[str, Any]:
     raise BuildError(f"kernel argument of type {numba_type} cannot be checked")
 
 
-def entry_signatures() -> dict[str, Any]:
-    """Each entry kernel's compiled signature (numba), from a small engine's first calls:
-    every reader role and zone kind, RFID and BLE reads."""
+TARGET_CPU = "host"  # the CPU the module is built on, as numba's JIT compiles for
+
+
+def entry_signatures() -> dict[str, tuple[Any, Any]]:
+    """Each entry kernel's compiled signature and its jitted function (numba), from a small
+    engine's first calls: every reader role and zone kind, RFID and BLE reads."""
     topo = Topology(
         reader_zone=np.array([0, 0, 1], np.int32),
         reader_role=np.array([ROLE_ENTRY, ROLE_EXIT, ROLE_PRESENCE], np.int8),
@@ -83,7 +86,7 @@ def entry_signatures() -> dict[str, Any]:
         if caller.types is None:
             raise BuildError(f"{name}: numba's dispatcher keeps no overload for its first "
                              f"call's types (another numba version?)")
-        sigs[name] = caller.kernel.overloads[caller.types].signature
+        sigs[name] = (caller.kernel.overloads[caller.types].signature, caller.kernel)
     return sigs
 
 
@@ -112,10 +115,6 @@ def build(folder: Path | None = None) -> tuple[Path, float]:
         raise BuildError(f"cannot write to {folder}: {e.strerror or e} (run it as the agent's "
                          f"user, or point NUMBA_CACHE_DIR / --dir at a writable folder)"
                          ) from None
-    from . import ingest, queue_order, sweep, window_stats
-
-    modules = {"ingest": ingest, "sweep": sweep, "queue_order": queue_order,
-               "window_stats": window_stats}
     try:
         sigs = entry_signatures()  # after the folder is known to be writable: fail fast
         try:
@@ -124,10 +123,9 @@ def build(folder: Path | None = None) -> tuple[Path, float]:
             raise BuildError(f"no C toolchain for numba's pycc ({_first_line(e)}); "
                              f"{NEEDS}") from None
         cc.output_dir = str(work)
-        cc.target_cpu = "host"
-        for name, module_name in backends.ENTRY_POINTS.items():
-            kernel = getattr(modules[module_name], name)
-            cc.export(name, sigs[name])(kernel.py_func)
+        cc.target_cpu = TARGET_CPU
+        for name, (sig, kernel) in sigs.items():
+            cc.export(name, sig)(kernel.py_func)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # setuptools/distutils chatter
@@ -145,9 +143,9 @@ def build(folder: Path | None = None) -> tuple[Path, float]:
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "numba": backends.dist_version("numba"),
             "numpy": backends.dist_version("numpy"),
-            "target_cpu": "host",
+            "target_cpu": TARGET_CPU,
             "entry_points": {name: [arg_spec(t) for t in sig.args]
-                             for name, sig in sigs.items()},
+                             for name, (sig, _kernel) in sigs.items()},
         }
         os.replace(built[0], so)
         tmp_meta = work / meta_path.name
@@ -159,3 +157,15 @@ def build(folder: Path | None = None) -> tuple[Path, float]:
         if old.is_file() and old not in (so, meta_path):
             old.unlink(missing_ok=True)
     return so, time.perf_counter() - t0
+
+
+def ensure(folder: Path | None = None) -> tuple[backends.Kernels, float | None]:
+    """The module for this code and machine in ``folder`` (default backends.aot_dir()),
+    loaded, and built first when it is missing or does not load; with the seconds the build
+    took (None: it was there). BuildError as :func:`build`; KernelsUnavailable if what was
+    built does not load."""
+    try:
+        return backends.load_aot(folder), None
+    except backends.KernelsUnavailable:
+        _path, took = build(folder)
+        return backends.load_aot(folder), took

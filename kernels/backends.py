@@ -68,12 +68,26 @@ class KernelsUnavailable(RuntimeError):
     """``VENUE_AGENT_KERNELS=aot`` and no ahead-of-time module loads; the message says why."""
 
 
-def aot_dir() -> Path:
-    """Where ahead-of-time modules live: ``aot`` in numba's cache directory (NUMBA_CACHE_DIR;
-    the agent sets it from ``storage.numba_cache_dir`` before the kernels are loaded), else
-    beside numba's default cache, in this package's ``__pycache__``."""
+class BadBackendChoice(KernelsUnavailable, ValueError):
+    """``VENUE_AGENT_KERNELS`` holds none of BACKEND_CHOICES."""
+
+
+AOT_DESCRIPTION = "ahead-of-time module"
+"""How :meth:`Kernels.describe` (the agent's log) starts for the aot backend."""
+
+
+def numba_cache_dir() -> Path:
+    """numba's cache directory: NUMBA_CACHE_DIR (the agent sets it from
+    ``storage.numba_cache_dir`` before the kernels are loaded), else numba's default for
+    this package, its ``__pycache__``."""
     base = os.environ.get("NUMBA_CACHE_DIR")
-    return (Path(base) if base else Path(__file__).resolve().parent / "__pycache__") / "aot"
+    return Path(base) if base else Path(__file__).resolve().parent / "__pycache__"
+
+
+def aot_dir(cache: Path | None = None) -> Path:
+    """Where ahead-of-time modules live: ``aot`` in numba's cache directory (``cache``, by
+    default :func:`numba_cache_dir`)."""
+    return (numba_cache_dir() if cache is None else cache) / "aot"
 
 
 def dist_version(dist: str) -> str:
@@ -209,15 +223,14 @@ class Kernels:
     def describe(self) -> str:
         """One line for the agent's log and for ``doctor``."""
         if self.backend == "aot":
-            return f"ahead-of-time module {self.origin}"
+            return f"{AOT_DESCRIPTION} {self.origin}"
         why = f" ({self.reason})" if self.reason else ""
         return f"numba JIT, cached in {self.origin}{why}"
 
 
 def jit_kernels(reason: str | None = None) -> Kernels:
-    cache = os.environ.get("NUMBA_CACHE_DIR") or str(Path(__file__).resolve().parent /
-                                                     "__pycache__")
-    return Kernels("jit", cache, reason)
+    """numba's JIT; ``reason``: why it was chosen, when not by request."""
+    return Kernels("jit", str(numba_cache_dir()), reason)
 
 
 def load_aot(folder: Path | None = None) -> Kernels:
@@ -258,7 +271,7 @@ def choose(mode: str | None = None) -> Kernels:
     ``mode`` defaults to ``$VENUE_AGENT_KERNELS`` or "auto"."""
     mode = (mode or os.environ.get(BACKEND_ENV) or "auto").strip().lower()
     if mode not in BACKEND_CHOICES:
-        raise ValueError(f"{BACKEND_ENV} must be one of {', '.join(BACKEND_CHOICES)}, "
+        raise BadBackendChoice(f"{BACKEND_ENV} must be one of {', '.join(BACKEND_CHOICES)}, "
                          f"not {mode!r}")
     key = (mode, str(aot_dir()))
     if key not in _chosen:

@@ -29,20 +29,16 @@ def pytest_configure(config: Any) -> None:
         return
     import pytest
 
-    from kernels import backends
+    from kernels.aot_build import BuildError, ensure
+    from kernels.backends import KernelsUnavailable
 
     try:
-        backends.load_aot()
-        return
-    except backends.KernelsUnavailable:
-        pass
-    from kernels.aot_build import BuildError, build
-
-    try:
-        path, took = build()
-    except BuildError as e:
+        kernels, took = ensure()
+    except (BuildError, KernelsUnavailable) as e:
         pytest.exit(f"cannot build the ahead-of-time kernels for the tests: {e}", returncode=3)
-    print(f"built the ahead-of-time kernels in {took:.0f} s: {path.name}", file=sys.stderr)
+    if took is not None:
+        print(f"built the ahead-of-time kernels in {took:.0f} s: {kernels.origin}",
+              file=sys.stderr)
 
 
 # Long runs that `make soak` / `make fuzz` select with `-m soak` / `-m fuzz`. A plain run
