@@ -897,6 +897,7 @@ class Publisher:
         if refusal is not None:
             self._dead_letter(msg.row, refusal)
             return True
+        was_up = s.client.is_connected()
         try:
             info = s.client.publish(
                 msg.topic, payload, qos=msg.qos, retain=msg.retain, properties=props
@@ -905,7 +906,12 @@ class Publisher:
             self._dead_letter(msg.row, f"refused by the MQTT client: {exc}")
             return True
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            # The connection is going away; the next one starts over from the outbox.
+            # The connection is going away; the next one starts over from the outbox. If it
+            # was up until this publish, the broker reset it while paho wrote this very row
+            # (Mosquitto over max_packet_size): the row counts as in flight for the poison
+            # check (_after_loss), as if the reset had come a moment later.
+            if was_up:
+                s.inflight[info.mid] = _Flight(msg.row, lane == "backlog", time.monotonic())
             self._log.debug("MQTT: row %d not sent (%s); the connection is going away",
                             msg.row, info.rc)
             return False

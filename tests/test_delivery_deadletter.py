@@ -251,3 +251,52 @@ def test_an_outbox_error_while_sending_restarts_the_publisher(
         run(scenario())
         sub.wait_for(lambda ms: moment_ns(sub) == [0, 1, 2])
     outbox.close()
+
+
+class _ResetWhileWriting:
+    """A paho client stand-in whose broker resets the connection while the row is written:
+    publish() finds the link up, and returns MQTT_ERR_NO_CONN because its own write failed
+    (Mosquitto over max_packet_size, racing paho's write: seen on a busy CI machine)."""
+
+    def __init__(self) -> None:
+        self.up = True
+
+    def is_connected(self) -> bool:
+        return self.up
+
+    def publish(self, *_a: Any, **_k: Any) -> Any:
+        from paho.mqtt.client import MQTTMessageInfo
+        from paho.mqtt.enums import MQTTErrorCode
+
+        self.up = False
+        info = MQTTMessageInfo(7)
+        info.rc = MQTTErrorCode.MQTT_ERR_NO_CONN
+        return info
+
+
+def test_a_row_whose_own_write_meets_the_reset_is_struck(tmp_path: Path) -> None:
+    """The poison check counts a row that was the one being written when the broker reset
+    the link, as it counts one reset a moment after it was written: three such losses
+    dead-letter it. A row handed over after the link was already gone is not struck."""
+    from agent.publisher import _POISON_STRIKES, _Session
+
+    outbox = Outbox(tmp_path / "o.db")
+    outbox.enqueue(MOMENT, {"n": 0, "pad": "x" * 5000}, seq_stream="guaranteed")
+    (msg,) = outbox.pending(10)
+    pub = make_publisher("mqtt://127.0.0.1:1", outbox, protocol="3.1.1")
+    pub._probe_left = 1  # after a first loss: one row at a time
+
+    def attempt(client_was_up: bool) -> None:
+        client = _ResetWhileWriting()
+        client.up = client_was_up
+        session = _Session(client, "3.1.1", "mqtt://x", None)  # type: ignore[arg-type]
+        assert pub._send(session, msg, "live") is False
+        session.lost_reason = "Connection reset by peer"
+        pub._after_loss(session)
+
+    attempt(client_was_up=False)  # the link was gone before: no strike
+    assert pub._strikes.get(msg.row, 0) == 0
+    for _ in range(_POISON_STRIKES):
+        attempt(client_was_up=True)
+    assert [d.row for d in outbox.dead_letters()] == [msg.row]
+    outbox.close()
