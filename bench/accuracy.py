@@ -364,14 +364,11 @@ def tags_in_zones(engine: Any) -> tuple[np.ndarray, np.ndarray]:
 
     The engine's per-tag rows, the arrays its ``snapshot()`` names ``row_key``, ``row_zone``
     and ``row_state``, where state ``TAG_IN`` means in the zone. Read in place when the
-    engine has them (a snapshot copies every table, ~1 ms a tick)."""
+    engine can (``tag_fields``; a snapshot copies every table, ~1 ms a tick)."""
     from kernels.codes import TAG_IN
 
-    try:
-        key, zone, state = engine._row_key, engine._row_zone, engine._row_state
-    except AttributeError:
-        snap = engine.snapshot()
-        key, zone, state = snap["row_key"], snap["row_zone"], snap["row_state"]
+    fields = engine.tag_fields() if hasattr(engine, "tag_fields") else engine.snapshot()
+    key, zone, state = fields["row_key"], fields["row_zone"], fields["row_state"]
     inside = state == TAG_IN
     return key[inside], zone[inside]
 

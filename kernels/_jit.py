@@ -69,8 +69,9 @@ jit = numba.njit(**JIT_OPTIONS)
 
 @intrinsic
 def _prefetch(typingctx: Any, arr: Any, idx: Any) -> Any:
-    """``prefetch(arr, i)``: ask the CPU to start loading the cache line of ``arr[i]`` (1-d
-    array, for writing, kept in every cache level); no effect on results, never faults.
+    """``prefetch(arr, i)``: ask the CPU to start loading the cache line of ``arr[i]`` (a
+    1-d array) or of ``arr[i, 0]`` (the start of row ``i`` of a 2-d one), for writing, kept
+    in every cache level; no effect on results, never faults.
 
     The per-read kernels walk a batch whose keys they already hold, so they prefetch the
     hash slot and the tag row of reads a few ahead: the loads of one read then overlap the
@@ -81,7 +82,8 @@ def _prefetch(typingctx: Any, arr: Any, idx: Any) -> Any:
         aryty, idxty = signature.args
         ary = context.make_array(aryty)(context, builder, args[0])
         i = context.cast(builder, args[1], idxty, types.intp)
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [i], wraparound=False)
+        at = [i] + [context.get_constant(types.intp, 0)] * (aryty.ndim - 1)
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, at, wraparound=False)
         i32 = ir.IntType(32)
         byte_ptr = ir.IntType(8).as_pointer()
         fnty = ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32])

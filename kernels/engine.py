@@ -25,6 +25,16 @@ from .codes import (
     N_FLOAT_METRICS,
 )
 from .state import (
+    F_FIRST,
+    F_IVL,
+    F_IVL_DEV,
+    F_LAST,
+    I_NREADS,
+    I_PEND_KEY,
+    I_STATE,
+    I_ZONE,
+    S_KEY,
+    S_ROW,
     BleCandidates,
     History,
     MetricParams,
@@ -254,6 +264,12 @@ _NO_RSSI = np.empty(0, dtype=np.float32)
 def _behaved(column: np.ndarray, dtype: type) -> np.ndarray:
     """``column`` as a 1-d, C-contiguous, aligned, writeable array of ``dtype`` (no copy when
     it already is one)."""
+    # The agent's columns already are: checked by hand, as np.require takes ~5 µs a column
+    # (15 µs of every batch, ~6 % of a 4,000-read batch's time in the kernel).
+    if type(column) is np.ndarray and column.ndim == 1 and column.dtype == dtype:
+        flags = column.flags
+        if flags.c_contiguous and flags.aligned and flags.writeable:
+            return column
     return np.require(np.asarray(column, dtype=dtype).reshape(-1), requirements=["C", "A", "W"])
 
 
@@ -322,6 +338,45 @@ def assign_changed(dst: np.ndarray, src: np.ndarray) -> None:
 # Engine attributes a snapshot holds besides the state arrays (scalars, as 0-d arrays).
 _SNAPSHOT_SCALARS = ("_now", "_t_start", "_t_seen", "_obs_start", "_gap_lo", "_gap_hi")
 
+# The packed arrays (state.py) as a snapshot holds them: one array per field, named and typed
+# as before the packing, so checkpoints restore across it. Attribute -> (snapshot name,
+# column, dtype) of each column.
+PACKED_COLUMNS: dict[str, tuple[tuple[str, int, type], ...]] = {
+    "_slots": (("slot_keys", S_KEY, np.uint64), ("slot_rows", S_ROW, np.int32)),
+    "_row_f64": (
+        ("row_last", F_LAST, np.float64),
+        ("row_ivl", F_IVL, np.float64),
+        ("row_ivl_dev", F_IVL_DEV, np.float64),
+        ("row_first", F_FIRST, np.float64),
+    ),
+    "_row_i32": (
+        ("row_state", I_STATE, np.int8),
+        ("row_zone", I_ZONE, np.int32),
+        ("row_nreads", I_NREADS, np.int32),
+        ("row_pend_key", I_PEND_KEY, np.int32),
+    ),
+}
+
+
+def _unpacked(packed: np.ndarray, col: int, dtype: type) -> np.ndarray:
+    """Column ``col`` of a packed array as its snapshot array (a copy); the slots' rows
+    (uint64) as signed, -1 in an empty slot."""
+    column = packed[:, col]
+    if packed.dtype == np.uint64 and np.dtype(dtype).kind == "i":
+        return np.where(packed[:, S_KEY] == 0, -1, column.view(np.int64)).astype(dtype)
+    return column.astype(dtype)
+
+
+def _assign_column(dst: np.ndarray, values: np.ndarray, chunk: int = 1 << 16) -> None:
+    """``dst[:] = values``: a packed column from its snapshot array (a slot's row -1 -> 0),
+    chunk by chunk, writing only where they differ (assign_changed), so a restore makes no
+    more of a big engine resident than a fresh engine's differing rows."""
+    for lo in range(0, dst.shape[0], chunk):
+        part = values[lo : lo + chunk]
+        if dst.dtype == np.uint64 and part.dtype.kind == "i":
+            part = np.maximum(part, 0).astype(np.uint64)
+        assign_changed(dst[lo : lo + chunk], part.astype(dst.dtype, copy=False))
+
 
 class ZoneEngine:
     """Zone state for up to ``max_tags`` live tags; metrics on demand. Not thread-safe.
@@ -346,23 +401,22 @@ class ZoneEngine:
         self._fingerprint = fingerprint(topo, p)
         bits = table_bits(p.max_tags)
         self._shift = np.uint64(64 - bits)
-        self._slot_keys = np.zeros(1 << bits, dtype=np.uint64)
-        self._slot_rows = np.full(1 << bits, -1, dtype=np.int32)
+        # hash slots: key and row side by side (state.S_KEY, S_ROW; empty: key 0, row 0)
+        self._slots = np.zeros((1 << bits, 2), dtype=np.uint64)
         m = p.max_tags
+        # The fields every read touches, packed per tag (state.F_*, I_*: last read, read
+        # interval EWMA (NaN: none) and its deviation, first read; state, zone, reads at the
+        # reader that made the state (strays), the reader of a streak short of min_reads).
+        self._row_f64 = np.zeros((m, 4), dtype=np.float64)
+        self._row_f64[:, F_IVL] = np.nan
+        self._row_i32 = np.zeros((m, 4), dtype=np.int32)
+        self._row_i32[:, I_ZONE] = -1
+        self._row_i32[:, I_PEND_KEY] = -1
         self._row_key = np.zeros(m, dtype=np.uint64)
-        self._row_zone = np.full(m, -1, dtype=np.int32)
-        self._row_state = np.zeros(m, dtype=np.int8)
-        self._row_first = np.zeros(m, dtype=np.float64)
-        self._row_last = np.zeros(m, dtype=np.float64)
         self._row_entry = np.zeros(m, dtype=np.int8)
-        self._row_ivl = np.full(m, np.nan, dtype=np.float64)  # EWMA read interval, NaN: none
-        self._row_ivl_dev = np.zeros(m, dtype=np.float64)  # ... and of its absolute deviation
-        self._row_pend_key = np.full(m, -1, dtype=np.int32)  # reads short of min_reads
         self._row_pend_n = np.zeros(m, dtype=np.int32)
         self._row_pend_t = np.zeros(m, dtype=np.float64)
-        # reads at the reader that made the state (entry reads in a queue, exit reads while
-        # held), and the ring position of a held tag's exit record (strays: window_stats.py)
-        self._row_nreads = np.zeros(m, dtype=np.int32)
+        # the ring position of a held tag's exit record (strays: window_stats.py)
         self._row_dep = np.full(m, -1, dtype=np.int64)
         self._row_exits0 = np.zeros(m, dtype=np.int64)  # the zone's exits read when it joined
         k = p.ble_candidates
@@ -418,20 +472,14 @@ class ZoneEngine:
         self._k_topo = named_from(TopologyArrays, t)
         self._k_tag_params = named_from(TagParams, p)
         self._k_metric_params = named_from(MetricParams, p)
-        self._k_table = TagTable(self._slot_keys, self._slot_rows, self._free_rows, self._counters)
+        self._k_table = TagTable(self._slots, self._free_rows, self._counters)
         self._k_rows = TagRows(
+            self._row_f64,
+            self._row_i32,
             self._row_key,
-            self._row_zone,
-            self._row_state,
-            self._row_first,
-            self._row_last,
             self._row_entry,
-            self._row_ivl,
-            self._row_ivl_dev,
-            self._row_pend_key,
             self._row_pend_n,
             self._row_pend_t,
-            self._row_nreads,
             self._row_dep,
             self._row_exits0,
         )
@@ -550,18 +598,33 @@ class ZoneEngine:
 
     # -- checkpoints -----------------------------------------------------------------------
     def _state_arrays(self) -> dict[str, np.ndarray]:
-        skip = ("_q_first", "_q_off", "_q_one", "_q_one_n")  # scratch
+        """The state arrays a snapshot holds as they are (the packed ones: PACKED_COLUMNS)."""
+        skip = ("_q_first", "_q_off", "_q_one", "_q_one_n", *PACKED_COLUMNS)  # scratch
         return {
             name: value
             for name, value in vars(self).items()
             if isinstance(value, np.ndarray) and name not in skip
         }
 
+    def tag_fields(self) -> dict[str, np.ndarray]:
+        """Every per-tag field (M rows) by its snapshot name (``row_key``, ``row_state``,
+        ``row_zone``, ``row_first``, ...): views of the engine's arrays, valid until the
+        next ingest or tick. For reading the state in place (a snapshot copies it all)."""
+        out = {n.lstrip("_"): a for n, a in self._state_arrays().items() if n.startswith("_row_")}
+        for attr, cols in PACKED_COLUMNS.items():
+            if attr.startswith("_row_"):
+                packed = getattr(self, attr)
+                out.update((name, packed[:, col]) for name, col, _ in cols)
+        return out
+
     def snapshot(self) -> dict[str, np.ndarray]:
         """Every array and scalar of the engine's state, copied, as named numpy arrays (ready
         for ``np.savez``), with ``format`` (SNAPSHOT_FORMAT) and ``fingerprint`` (of the
         topology and parameters, see :func:`fingerprint`)."""
         out = {name.lstrip("_"): arr.copy() for name, arr in self._state_arrays().items()}
+        for attr, cols in PACKED_COLUMNS.items():
+            packed = getattr(self, attr)
+            out.update((name, _unpacked(packed, col, dtype)) for name, col, dtype in cols)
         for name in _SNAPSHOT_SCALARS:
             out[name.lstrip("_")] = np.array(getattr(self, name), dtype=np.float64)
         out["shift"] = np.array(self._shift, dtype=np.uint64)
@@ -598,11 +661,21 @@ class ZoneEngine:
             got = snapshot.get(name.lstrip("_"))
             if got is None or got.shape != arr.shape or got.dtype != arr.dtype:
                 raise SnapshotMismatch(f"snapshot array {name.lstrip('_')!r} missing or misshapen")
+        for attr, cols in PACKED_COLUMNS.items():
+            n_rows = getattr(self, attr).shape[0]
+            for name, _, dtype in cols:
+                got = snapshot.get(name)
+                if got is None or got.shape != (n_rows,) or got.dtype != np.dtype(dtype):
+                    raise SnapshotMismatch(f"snapshot array {name!r} missing or misshapen")
         for name in _SNAPSHOT_SCALARS:
             if name.lstrip("_") not in snapshot:
                 raise SnapshotMismatch(f"snapshot scalar {name.lstrip('_')!r} missing")
         for name, arr in mine.items():
             assign_changed(arr, snapshot[name.lstrip("_")])
+        for attr, cols in PACKED_COLUMNS.items():
+            dst = getattr(self, attr)
+            for name, col, _ in cols:
+                _assign_column(dst[:, col], snapshot[name])
         for name in _SNAPSHOT_SCALARS:
             setattr(self, name, float(snapshot[name.lstrip("_")]))
         self._shift = np.uint64(snapshot["shift"])

@@ -45,9 +45,25 @@ from .codes import (
     TAG_IN,
     TAG_PENDING,
 )
-from .hashtable import home_slot, table_find
+from .hashtable import home_slot, table_find, table_row, table_set
 from .history import push_arrival, push_departure, push_fifo_witness
-from .state import BleCandidates, History, TagParams, TagRows, TagTable, TopologyArrays, ZoneState
+from .state import (
+    F_FIRST,
+    F_IVL,
+    F_IVL_DEV,
+    F_LAST,
+    I_NREADS,
+    I_PEND_KEY,
+    I_STATE,
+    I_ZONE,
+    BleCandidates,
+    History,
+    TagParams,
+    TagRows,
+    TagTable,
+    TopologyArrays,
+    ZoneState,
+)
 from .tag_rows import evict_stalest
 from .topology import KIND_AREA, ROLE_ENTRY, ROLE_EXIT, ROLE_PRESENCE
 
@@ -152,13 +168,10 @@ def ingest_reads(
     tau_s, alpha_min, stale_s = params.ble_tau_s, params.ble_alpha_min, params.ble_stale_s
     decay, holdoff = params.ble_decay_db_per_s, params.ble_holdoff_s
     margin, ble_min_reads = params.ble_margin_db, params.ble_min_reads
-    slot_keys, slot_rows = table.slot_keys, table.slot_rows
-    free_rows, counters = table.free_rows, table.counters
-    row_key, row_zone, row_state = rows.key, rows.zone, rows.state
-    row_first, row_last, row_entry = rows.first, rows.last, rows.entry
-    row_ivl, row_ivl_dev = rows.ivl, rows.ivl_dev
-    row_pend_key, row_pend_n, row_pend_t = rows.pend_key, rows.pend_n, rows.pend_t
-    row_nreads, row_dep, row_exits0 = rows.nreads, rows.dep, rows.exits0
+    slots, free_rows, counters = table.slots, table.free_rows, table.counters
+    row_f64, row_i32, row_key, row_entry = rows.f64, rows.i32, rows.key, rows.entry
+    row_pend_n, row_pend_t = rows.pend_n, rows.pend_t
+    row_dep, row_exits0 = rows.dep, rows.exits0
     cand_reader, cand_s, cand_t, cand_n = cand.reader, cand.s, cand.t, cand.n
     zone_count, zone_exits = zones.tags, zones.exits
     fifo_entry, fifo_n, fifo_cutoff = zones.fifo_entry, zones.fifo_n, zones.fifo_cutoff
@@ -187,29 +200,33 @@ def ingest_reads(
             fast[r] = FAST_COUNT
         else:
             fast[r] = 0
+    # A tag's read interval starts from its zone's timeout / missed reads (interval()).
+    ivl0 = zone_timeout_s / zone_missed_reads
     order, identity = read_order(ts)
     n_order = ts.size if identity else order.size
     bad = ts.size - n_order
     filtered = 0
     reads = 0
+    # First pass: every read's tag row, looked up before any read is applied (-1: not in
+    # the table, or a bad key). The lookups are independent of each other, so the CPU
+    # overlaps their cache misses as it does in a bare hash loop; the second pass then
+    # finds each row waiting and prefetches the rows of the reads ahead from this list.
+    found = np.empty(n_order, dtype=np.int32)
     for j in range(n_order):
-        # Prefetch the home slot of the read PF_SLOT ahead and, its slot loaded by now, the
-        # row of the read PF_ROW ahead (a hint: a wrong guess costs a wasted load, no more).
         if j + PF_SLOT < n_order:
             h = home_slot(tag[nth(order, identity, j + PF_SLOT)], shift)
-            prefetch(slot_keys, h)
-            prefetch(slot_rows, h)
+            prefetch(slots, h)
+        key = tag[nth(order, identity, j)]
+        s = table_find(slots, key, shift)
+        found[j] = table_row(slots, s) if (s >= 0 and key != 0) else -1
+    # An eviction releases rows the first pass may have found: after one, look up again.
+    stale = False
+    for j in range(n_order):
         if j + PF_ROW < n_order:
-            k_ahead = tag[nth(order, identity, j + PF_ROW)]
-            h = home_slot(k_ahead, shift)
-            if slot_keys[h] == k_ahead:
-                row_ahead = slot_rows[h]
-                prefetch(row_last, row_ahead)
-                prefetch(row_state, row_ahead)
-                prefetch(row_zone, row_ahead)
-                prefetch(row_ivl, row_ahead)
-                prefetch(row_ivl_dev, row_ahead)
-                prefetch(row_nreads, row_ahead)
+            row_ahead = found[j + PF_ROW]
+            if row_ahead >= 0:
+                prefetch(row_f64, row_ahead)
+                prefetch(row_i32, row_ahead)
         i = nth(order, identity, j)
         key = tag[i]
         r = reader[i]
@@ -226,36 +243,38 @@ def ingest_reads(
         z = np.int64(reader_zone[r])
         role = reader_role[r]
 
-        slot = table_find(slot_keys, key, shift)
-        if slot >= 0:
-            row = np.int64(slot_rows[slot])
-            last = row_last[row]
+        row = np.int64(-1) if stale else np.int64(found[j])
+        slot = np.int64(0)
+        if row < 0:  # not in the table at the first pass: maybe inserted since
+            slot = table_find(slots, key, shift)
+            if slot >= 0:
+                row = table_row(slots, slot)
+        if row >= 0:
+            last = row_f64[row, F_LAST]
             if t < last:
                 t = last
-            state = row_state[row]
+            state = row_i32[row, I_STATE]
         else:
             if counters[C_FREE_TOP] == 0:
                 evict_stalest(
                     evict_batch,
-                    slot_keys,
-                    slot_rows,
+                    slots,
                     shift,
                     row_key,
-                    row_zone,
-                    row_state,
-                    row_last,
+                    row_i32,
+                    row_f64,
                     free_rows,
                     counters,
                     zone_count,
                 )
-                slot = table_find(slot_keys, key, shift)  # eviction may have shifted slots
+                slot = table_find(slots, key, shift)  # eviction may have shifted slots
+                stale = True
             counters[C_FREE_TOP] -= 1
             row = np.int64(free_rows[counters[C_FREE_TOP]])
-            slot_keys[-1 - slot] = key
-            slot_rows[-1 - slot] = row
+            table_set(slots, -1 - slot, key, row)
             row_key[row] = key
-            row_state[row] = TAG_FREE
-            row_pend_key[row] = -1
+            row_i32[row, I_STATE] = TAG_FREE
+            row_i32[row, I_PEND_KEY] = -1
             cand_reader[row, :] = -1
             state = TAG_FREE
         reads += 1
@@ -265,15 +284,14 @@ def ingest_reads(
         # move it (not a BLE advert, not a queue exit). One predictable branch; the interval
         # update, which differs by the reader's kind, is done by selects.
         f = fast[r]
-        if state == TAG_IN and f != 0 and not ble_read and row_zone[row] == z:
-            last = row_last[row]
-            interval(row, t, last, f == FAST_INTERVAL, z, zone_timeout_s, zone_missed_reads,
-                     interval_alpha, row_ivl, row_ivl_dev)
+        if state == TAG_IN and f != 0 and not ble_read and row_i32[row, I_ZONE] == z:
+            last = row_f64[row, F_LAST]
+            interval(row, t, last, f == FAST_INTERVAL, ivl0[z], interval_alpha, row_f64)
             if f == FAST_COUNT:  # (a branch measured faster than an add of 0 or 1)
-                row_nreads[row] += 1
-            row_last[row] = t
+                row_i32[row, I_NREADS] += 1
+            row_f64[row, F_LAST] = t
             if pend_on:
-                row_pend_key[row] = -1
+                row_i32[row, I_PEND_KEY] = -1
             continue
 
         pending_row = state == TAG_PENDING
@@ -281,7 +299,7 @@ def ingest_reads(
             state = TAG_FREE  # in no zone yet
 
         if ble_read:
-            here = np.int64(row_zone[row]) if state == TAG_IN else np.int64(-1)
+            here = np.int64(row_i32[row, I_ZONE]) if state == TAG_IN else np.int64(-1)
             ble_observe(
                 row,
                 r,
@@ -324,23 +342,23 @@ def ingest_reads(
         queue_exit = (not area) & (role == ROLE_EXIT)
         in_zone = state == TAG_IN
         held = state == TAG_EXITED
-        same = (state != TAG_FREE) & (row_zone[row] == z)
+        same = (state != TAG_FREE) & (row_i32[row, I_ZONE] == z)
         refresh = same & ((in_zone & (not queue_exit)) | (held & (queue_exit | presence)))
         if refresh:
             # the tag's own read interval (see sweep.py): EWMAs of the interval and its
             # absolute deviation, starting from the interval of the zone's timeout; from
             # presence reads (and any read in an area) of a tag in the zone, time moving on
-            interval(row, t, row_last[row], in_zone & (area | presence), z, zone_timeout_s,
-                     zone_missed_reads, interval_alpha, row_ivl, row_ivl_dev)
+            interval(row, t, row_f64[row, F_LAST], in_zone & (area | presence), ivl0[z],
+                     interval_alpha, row_f64)
             # reads of the band at the reader that made the state (strays are read once)
-            row_nreads[row] += np.int32((not area) & ((in_zone & (role == ROLE_ENTRY)) | queue_exit))
+            row_i32[row, I_NREADS] += np.int32((not area) & ((in_zone & (role == ROLE_ENTRY)) | queue_exit))
             if queue_exit:
                 seq = row_dep[row]
-                if row_nreads[row] == 2 and dep_n[z] - seq <= dep_t.shape[1] and seq >= 0:
+                if row_i32[row, I_NREADS] == 2 and dep_n[z] - seq <= dep_t.shape[1] and seq >= 0:
                     dep_entry[z, seq % dep_t.shape[1]] &= ~DEP_ONE_OUT
-            row_last[row] = t
+            row_f64[row, F_LAST] = t
             if pend_on:
-                row_pend_key[row] = -1
+                row_i32[row, I_PEND_KEY] = -1
             continue
 
         # A transition (join, move, exit): with min_reads > 1 it waits for that many reads in
@@ -349,26 +367,26 @@ def ingest_reads(
         t0 = t
         if need > 1:
             pk = np.int64(n_readers + z) if ble_read else np.int64(r)
-            if row_pend_key[row] == pk and t - row_pend_t[row] <= zone_timeout_s[z]:
+            if row_i32[row, I_PEND_KEY] == pk and t - row_pend_t[row] <= zone_timeout_s[z]:
                 row_pend_n[row] += 1
             else:
-                row_pend_key[row] = pk
+                row_i32[row, I_PEND_KEY] = pk
                 row_pend_n[row] = 1
                 row_pend_t[row] = t
             if row_pend_n[row] < need:
                 if state == TAG_FREE:
-                    row_state[row] = TAG_PENDING
-                    row_zone[row] = z
-                    row_last[row] = t
+                    row_i32[row, I_STATE] = TAG_PENDING
+                    row_i32[row, I_ZONE] = z
+                    row_f64[row, F_LAST] = t
                 continue
             t0 = row_pend_t[row]
-        row_pend_key[row] = -1
+        row_i32[row, I_PEND_KEY] = -1
         if pending_row:
-            row_state[row] = TAG_FREE
+            row_i32[row, I_STATE] = TAG_FREE
 
-        if state != TAG_FREE and row_zone[row] != z:
+        if state != TAG_FREE and row_i32[row, I_ZONE] != z:
             if state == TAG_IN:
-                zp = np.int64(row_zone[row])
+                zp = np.int64(row_i32[row, I_ZONE])
                 if zone_kind[zp] == KIND_AREA:
                     push_departure(
                         dep_t,
@@ -377,8 +395,8 @@ def ingest_reads(
                         dep_entry,
                         dep_n,
                         zp,
-                        row_last[row],
-                        row_last[row] - row_first[row],
+                        row_f64[row, F_LAST],
+                        row_f64[row, F_LAST] - row_f64[row, F_FIRST],
                         DEP_MOVED,
                         0,
                     )
@@ -393,32 +411,32 @@ def ingest_reads(
                         t0,
                         np.nan,
                         DEP_MOVED,
-                        entry_flags(row_entry[row], row_first[row], obs_start, row_nreads[row]),
+                        entry_flags(row_entry[row], row_f64[row, F_FIRST], obs_start, row_i32[row, I_NREADS]),
                     )
                 zone_count[zp] -= 1
             state = TAG_FREE
 
         if not queue_exit:  # a new visit
-            row_zone[row] = z
-            row_state[row] = TAG_IN
-            row_first[row] = t0
-            row_last[row] = t
-            row_ivl[row] = np.nan
+            row_i32[row, I_ZONE] = z
+            row_i32[row, I_STATE] = TAG_IN
+            row_f64[row, F_FIRST] = t0
+            row_f64[row, F_LAST] = t
+            row_f64[row, F_IVL] = np.nan
             row_entry[row] = 1 if (role == ROLE_ENTRY and zone_kind[z] != KIND_AREA) else 0
-            row_nreads[row] = max(need, 1)
+            row_i32[row, I_NREADS] = max(need, 1)
             row_exits0[row] = zone_exits[z]
             zone_count[z] += 1
             push_arrival(arr_t, arr_n, z, t0)
         elif state == TAG_IN:  # queue exit of a tag in the queue: a completed visit
             dur = np.nan
-            entry = observed_entry(row_entry[row], row_first[row], obs_start)
-            flags = entry_flags(row_entry[row], row_first[row], obs_start, row_nreads[row])
+            entry = observed_entry(row_entry[row], row_f64[row, F_FIRST], obs_start)
+            flags = entry_flags(row_entry[row], row_f64[row, F_FIRST], obs_start, row_i32[row, I_NREADS])
             if row_entry[row] == 1:
-                dur = t0 - row_first[row]
+                dur = t0 - row_f64[row, F_FIRST]
                 if zone_exits[z] - row_exits0[row] <= walk_ahead:
                     # hardly anyone ahead: the wait of an empty line (the walk)
                     min_wait[z] = min(min_wait[z], dur)
-                push_fifo_witness(fifo_entry, fifo_n, fifo_cutoff, z, row_first[row], fifo_slack_s)
+                push_fifo_witness(fifo_entry, fifo_n, fifo_cutoff, z, row_f64[row, F_FIRST], fifo_slack_s)
                 if entry == 1:
                     # exits count for the entry read rate once the guests leaving entered
                     # while the engine watched: from the K-th measured exit that did (FIFO)
@@ -427,24 +445,24 @@ def ingest_reads(
                         rr_from[z] = t0
             one = DEP_ONE_OUT if need <= 1 else 0
             row_dep[row] = dep_n[z]
-            row_nreads[row] = max(need, 1)
+            row_i32[row, I_NREADS] = max(need, 1)
             push_departure(
                 dep_t, dep_dur, dep_kind, dep_entry, dep_n, z, t0, dur, DEP_EXIT, flags | one
             )
             zone_count[z] -= 1
             zone_exits[z] += 1
-            row_state[row] = TAG_EXITED
-            row_last[row] = t
+            row_i32[row, I_STATE] = TAG_EXITED
+            row_f64[row, F_LAST] = t
         else:  # seen only at the exit: counts toward throughput, no wait
             one = DEP_ONE_OUT if need <= 1 else 0
             row_dep[row] = dep_n[z]
-            row_nreads[row] = max(need, 1)
+            row_i32[row, I_NREADS] = max(need, 1)
             push_departure(dep_t, dep_dur, dep_kind, dep_entry, dep_n, z, t0, np.nan, DEP_EXIT, one)
             zone_exits[z] += 1
-            row_zone[row] = z
-            row_state[row] = TAG_EXITED
-            row_first[row] = t0
-            row_last[row] = t
+            row_i32[row, I_ZONE] = z
+            row_i32[row, I_STATE] = TAG_EXITED
+            row_f64[row, F_FIRST] = t0
+            row_f64[row, F_LAST] = t
             row_entry[row] = 0
     counters[C_READS] += reads
     counters[C_BAD_READS] += bad
@@ -460,26 +478,24 @@ def interval(
     t: float,
     last: float,
     use: bool,
-    z: int,
-    zone_timeout_s: np.ndarray,
-    zone_missed_reads: np.ndarray,
+    base0: float,
     alpha: float,
-    row_ivl: np.ndarray,
-    row_ivl_dev: np.ndarray,
+    row_f64: np.ndarray,
 ) -> None:
     """If ``use`` and time moved on since the tag's ``last`` read, fold the interval into
-    the EWMAs of its read interval and of the interval's absolute deviation (sweep.py);
-    they start from the interval of the zone's timeout. Written with selects, not branches:
-    ``use`` changes from read to read with the reader's role."""
-    ivl = row_ivl[row]
-    dev = row_ivl_dev[row]
+    the EWMAs of its read interval and of the interval's absolute deviation (sweep.py;
+    columns F_IVL and F_IVL_DEV of ``row_f64``); they start from ``base0``, the interval of
+    the zone's timeout (timeout / missed reads). Written with selects, not branches: ``use``
+    changes from read to read with the reader's role."""
+    ivl = row_f64[row, F_IVL]
+    dev = row_f64[row, F_IVL_DEV]
     fresh = np.isnan(ivl)
-    base = zone_timeout_s[z] / zone_missed_reads[z] if fresh else ivl
+    base = base0 if fresh else ivl
     dev0 = 0.0 if fresh else dev
     err = t - last - base
     ewma = use & (t > last)
-    row_ivl[row] = base + alpha * err if ewma else ivl
-    row_ivl_dev[row] = dev0 + alpha * (abs(err) - dev0) if ewma else dev
+    row_f64[row, F_IVL] = base + alpha * err if ewma else ivl
+    row_f64[row, F_IVL_DEV] = dev0 + alpha * (abs(err) - dev0) if ewma else dev
 
 
 @jit

@@ -19,7 +19,7 @@ import numpy as np
 
 from ._jit import jit
 from .codes import TAG_IN
-from .state import QueueLines, TagRows, ZoneState
+from .state import F_FIRST, I_NREADS, I_STATE, I_ZONE, QueueLines, TagRows, ZoneState
 from .topology import KIND_AREA
 
 
@@ -31,15 +31,14 @@ def queue_entries(
 
     zone_kind: int8[Z], KIND_QUEUE | KIND_AREA (TopologyArrays.zone_kind).
     zones: ``tags`` read (tags in each zone).
-    rows: ``state``, ``zone``, ``first``, ``entry``, ``nreads`` read.
+    rows: state, zone, first, nreads (packed columns) and ``entry`` read.
     lines: written: ``first`` (float64[M]) and ``off`` (int64[Z + 1]), zone z's sorted entry
         times in ``first[off[z]:off[z + 1]]``; and ``one`` (float64[M]) the same way, zone
         z's segment starting at ``off[z]``, with the ``one_n[z]`` tags that joined by a
         single entry read (the stray candidates).
     """
     zone_count = zones.tags
-    row_state, row_zone, row_first = rows.state, rows.zone, rows.first
-    row_entry, row_nreads = rows.entry, rows.nreads
+    row_i32, row_f64, row_entry = rows.i32, rows.f64, rows.entry
     out_first, out_off, out_one, out_one_n = lines.first, lines.off, lines.one, lines.one_n
     nz = zone_kind.size
     out_off[0] = 0
@@ -48,14 +47,15 @@ def queue_entries(
         out_off[z + 1] = out_off[z] + n
         out_one_n[z] = 0
     fill = out_off[:nz].copy()
-    for row in range(row_state.size):
-        if row_state[row] == TAG_IN:
-            z = row_zone[row]
+    for row in range(row_i32.shape[0]):
+        if row_i32[row, I_STATE] == TAG_IN:
+            z = row_i32[row, I_ZONE]
             if zone_kind[z] != KIND_AREA:
-                out_first[fill[z]] = row_first[row]
+                first = row_f64[row, F_FIRST]
+                out_first[fill[z]] = first
                 fill[z] += 1
-                if row_entry[row] == 1 and row_nreads[row] == 1:
-                    out_one[out_off[z] + out_one_n[z]] = row_first[row]
+                if row_entry[row] == 1 and row_i32[row, I_NREADS] == 1:
+                    out_one[out_off[z] + out_one_n[z]] = first
                     out_one_n[z] += 1
     for z in range(nz):
         lo, hi = out_off[z], out_off[z + 1]

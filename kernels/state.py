@@ -7,7 +7,7 @@ these instead of dozens of positional arrays, and unpack the fields they use at 
 their body.
 
 ``ZoneEngine`` builds every tuple once, in its constructor, around the very arrays it keeps as
-attributes (``_row_zone`` is ``rows.zone``, and so on): the kernels write the engine's state in
+attributes (``_row_key`` is ``rows.key``, and so on): the kernels write the engine's state in
 place, ``snapshot`` copies the attributes and ``restore`` writes into them in place
 (``engine.assign_changed``), so the tuples stay valid for the engine's life. No array is ever
 reassigned after the constructor, and the tuples add nothing to a snapshot.
@@ -46,15 +46,48 @@ class TopologyArrays(NamedTuple):
     """float64[Z] > 0: a tag leaves once unseen for this many of its own read intervals."""
 
 
+# Packed layouts. The per-read path touches a tag's hash slot and a few of its fields; held
+# in parallel arrays (one per field) those are eight cache lines a read, each a miss on a
+# table larger than the cache. Packed side by side they are three: the slot (key and row),
+# the float fields and the int fields. Fields the per-read path seldom touches keep arrays
+# of their own. A snapshot still names every field (engine.ROW_COLUMNS).
+
+# TagTable.slots columns (uint64[S, 2]).
+S_KEY = 0
+"""the key held by the slot (0: empty)."""
+S_ROW = 1
+"""the key's tag row, as uint64 (0 in an empty slot: read only where the key matched)."""
+
+# TagRows.f64 columns (float64[M, 4]: 32 bytes, half a cache line, per tag).
+F_LAST = 0
+"""s: latest read of the tag (never runs backwards)."""
+F_IVL = 1
+"""s: EWMA of the intervals between the tag's presence reads; NaN: none yet."""
+F_IVL_DEV = 2
+"""s: EWMA of those intervals' absolute deviation from F_IVL."""
+F_FIRST = 3
+"""s: first read of the current visit (queues: the entry time)."""
+
+# TagRows.i32 columns (int32[M, 4]: 16 bytes per tag).
+I_STATE = 0
+"""codes.TAG_FREE | TAG_IN | TAG_EXITED | TAG_PENDING."""
+I_ZONE = 1
+"""zone the tag is in (or was held / is pending in); -1 none."""
+I_NREADS = 2
+"""reads at the reader that made the state (entry reads of a queue visit, exit reads while
+held): a single read marks a possible stray."""
+I_PEND_KEY = 3
+"""reader whose streak of reads is short of its min_reads (-1: none; BLE: readers + zone)."""
+
+
 class TagTable(NamedTuple):
     """The hash table from tag key to row, and the row allocator (hashtable.py, tag_rows.py).
 
     The table's ``shift`` (64 - log2 S, a uint64 scalar) is a plain kernel argument."""
 
-    slot_keys: np.ndarray
-    """uint64[S]: key held by each slot (0: empty); linear probing, at most half full."""
-    slot_rows: np.ndarray
-    """int32[S]: tag row of the key in each slot (-1: empty)."""
+    slots: np.ndarray
+    """uint64[S, 2]: each slot's key and row (columns S_KEY, S_ROW); linear probing, at most
+    half full."""
     free_rows: np.ndarray
     """int32[M]: stack of free rows; ``counters[C_FREE_TOP]`` entries from index 0 are free,
     the top (next handed out) at ``counters[C_FREE_TOP] - 1``."""
@@ -66,31 +99,18 @@ class TagTable(NamedTuple):
 class TagRows(NamedTuple):
     """Per-tag state, one row per live tag (M rows; a free row has state TAG_FREE)."""
 
+    f64: np.ndarray
+    """float64[M, 4]: the float fields the per-read path touches (columns F_*)."""
+    i32: np.ndarray
+    """int32[M, 4]: the int fields the per-read path touches (columns I_*)."""
     key: np.ndarray
     """uint64[M]: the tag's key (pseudonym); 0 in a free row."""
-    zone: np.ndarray
-    """int32[M]: zone the tag is in (or was held / is pending in); -1 none."""
-    state: np.ndarray
-    """int8[M]: codes.TAG_FREE | TAG_IN | TAG_EXITED | TAG_PENDING."""
-    first: np.ndarray
-    """float64[M] s: first read of the current visit (queues: the entry time)."""
-    last: np.ndarray
-    """float64[M] s: latest read of the tag (never runs backwards)."""
     entry: np.ndarray
     """int8[M]: 1 if the current queue visit began with an entry-reader read, else 0."""
-    ivl: np.ndarray
-    """float64[M] s: EWMA of the intervals between the tag's presence reads; NaN: none yet."""
-    ivl_dev: np.ndarray
-    """float64[M] s: EWMA of those intervals' absolute deviation from ``ivl``."""
-    pend_key: np.ndarray
-    """int32[M]: reader whose streak of reads is short of its min_reads (-1: none)."""
     pend_n: np.ndarray
-    """int32[M]: reads in that streak so far."""
+    """int32[M]: reads in the pending streak (I_PEND_KEY) so far."""
     pend_t: np.ndarray
     """float64[M] s: time of the streak's first read (the state change is dated there)."""
-    nreads: np.ndarray
-    """int32[M]: reads at the reader that made the state (entry reads of a queue visit, exit
-    reads while held): a single read marks a possible stray."""
     dep: np.ndarray
     """int64[M]: sequence number (``History.dep_n`` when pushed) of a held tag's exit record,
     to clear its single-read bit on a repeat exit read; -1 none."""
@@ -243,7 +263,7 @@ class MetricParams(NamedTuple):
 
 
 def table_bits(n_rows: int) -> int:
-    """log2 of the hash table's slot count (``TagTable.slot_keys``) for ``n_rows`` tag rows:
+    """log2 of the hash table's slot count (``TagTable.slots``) for ``n_rows`` tag rows:
     the smallest power of two >= 2 * n_rows, so the table is at most half full."""
     return max(4, int(2 * n_rows - 1).bit_length())
 

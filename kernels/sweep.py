@@ -33,7 +33,21 @@ from ._jit import jit
 from .codes import DEP_FIFO, DEP_TIMEOUT, IVL_DEV_WEIGHT, TAG_EXITED, TAG_IN, TAG_PENDING
 from .history import push_departure
 from .ingest import entry_flags
-from .state import History, TagParams, TagRows, TagTable, TopologyArrays, ZoneState
+from .state import (
+    F_FIRST,
+    F_IVL,
+    F_IVL_DEV,
+    F_LAST,
+    I_NREADS,
+    I_STATE,
+    I_ZONE,
+    History,
+    TagParams,
+    TagRows,
+    TagTable,
+    TopologyArrays,
+    ZoneState,
+)
 from .tag_rows import release_row
 from .topology import KIND_AREA
 
@@ -67,34 +81,32 @@ def sweep_departures(
     zone_kind, zone_timeout_s = topo.zone_kind, topo.zone_timeout_s
     zone_missed_reads = topo.zone_missed_reads
     exit_hold_s = params.exit_hold_s
-    slot_keys, slot_rows = table.slot_keys, table.slot_rows
-    free_rows, counters = table.free_rows, table.counters
-    row_key, row_zone, row_state = rows.key, rows.zone, rows.state
-    row_first, row_last, row_entry = rows.first, rows.last, rows.entry
-    row_ivl, row_ivl_dev, row_nreads = rows.ivl, rows.ivl_dev, rows.nreads
+    slots, free_rows, counters = table.slots, table.free_rows, table.counters
+    row_f64, row_i32, row_key, row_entry = rows.f64, rows.i32, rows.key, rows.entry
     zone_count, fifo_cutoff = zones.tags, zones.fifo_cutoff
     dep_t, dep_dur, dep_kind = hist.dep_t, hist.dep_dur, hist.dep_kind
     dep_entry, dep_n = hist.dep_entry, hist.dep_n
-    for row in range(row_state.size):
-        state = row_state[row]
+    for row in range(row_i32.shape[0]):
+        state = row_i32[row, I_STATE]
         if state == TAG_IN:
-            z = np.int64(row_zone[row])
+            z = np.int64(row_i32[row, I_ZONE])
             area = zone_kind[z] == KIND_AREA
             limit = zone_timeout_s[z]
-            if not np.isnan(row_ivl[row]):
-                own = zone_missed_reads[z] * (row_ivl[row] + IVL_DEV_WEIGHT * row_ivl_dev[row])
+            ivl = row_f64[row, F_IVL]
+            if not np.isnan(ivl):
+                own = zone_missed_reads[z] * (ivl + IVL_DEV_WEIGHT * row_f64[row, F_IVL_DEV])
                 if own < limit:
                     limit = own
-            if not area and row_first[row] < fifo_cutoff[z]:
+            first, last = row_f64[row, F_FIRST], row_f64[row, F_LAST]
+            if not area and first < fifo_cutoff[z]:
                 kind = DEP_FIFO
-            elif now - row_last[row] > limit:
+            elif now - last > limit:
                 kind = DEP_TIMEOUT
             else:
                 continue
             if area:
-                dur = row_last[row] - row_first[row]
                 push_departure(
-                    dep_t, dep_dur, dep_kind, dep_entry, dep_n, z, row_last[row], dur, kind, 0
+                    dep_t, dep_dur, dep_kind, dep_entry, dep_n, z, last, last - first, kind, 0
                 )
             else:
                 push_departure(
@@ -107,19 +119,17 @@ def sweep_departures(
                     now,
                     np.nan,
                     kind,
-                    entry_flags(row_entry[row], row_first[row], obs_start, row_nreads[row]),
+                    entry_flags(row_entry[row], first, obs_start, row_i32[row, I_NREADS]),
                 )
             zone_count[z] -= 1
-            release_row(row, slot_keys, slot_rows, shift, row_key, row_state, free_rows, counters)
+            release_row(row, slots, shift, row_key, row_i32, free_rows, counters)
         else:
             if state == TAG_EXITED:
                 hold = exit_hold_s
             elif state == TAG_PENDING:
-                hold = zone_timeout_s[row_zone[row]]
+                hold = zone_timeout_s[row_i32[row, I_ZONE]]
             else:
                 continue
-            if now - row_last[row] > hold:
-                release_row(
-                    row, slot_keys, slot_rows, shift, row_key, row_state, free_rows, counters
-                )
+            if now - row_f64[row, F_LAST] > hold:
+                release_row(row, slots, shift, row_key, row_i32, free_rows, counters)
     fifo_cutoff[:] = -np.inf

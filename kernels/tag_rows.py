@@ -1,9 +1,9 @@
 """Per-tag state rows behind the hash table: allocation, release and eviction.
 
-Rows are preallocated (M = max_tags): ``row_key`` uint64, ``row_zone`` int32, ``row_state``
-int8 (codes.TAG_*), ``row_first`` / ``row_last`` float64 seconds (first and last read of the
-current visit), ``row_entry`` int8 (1 if the visit began at a queue's entry reader). Free rows
-sit on a stack (``free_rows`` int32[M], height in ``counters[C_FREE_TOP]``).
+Rows are preallocated (M = max_tags; state.TagRows): the hot fields packed in ``row_i32``
+(int32[M, 4], columns I_*: state, zone, ...) and ``row_f64`` (float64[M, 4], columns F_*:
+last read, ...), the key in ``row_key`` (uint64[M]). Free rows sit on a stack
+(``free_rows`` int32[M], height in ``counters[C_FREE_TOP]``).
 """
 
 from __future__ import annotations
@@ -13,23 +13,23 @@ import numpy as np
 from ._jit import jit
 from .codes import C_EVICTIONS, C_FREE_TOP, TAG_FREE, TAG_IN
 from .hashtable import table_remove
+from .state import F_LAST, I_STATE, I_ZONE
 
 
 @jit
 def release_row(
     row: int,
-    slot_keys: np.ndarray,
-    slot_rows: np.ndarray,
+    slots: np.ndarray,
     shift: np.uint64,
     row_key: np.ndarray,
-    row_state: np.ndarray,
+    row_i32: np.ndarray,
     free_rows: np.ndarray,
     counters: np.ndarray,
 ) -> None:
     """Forget the tag in ``row``: drop its key from the table and push the row on the free stack."""
-    table_remove(slot_keys, slot_rows, row_key[row], shift)
+    table_remove(slots, row_key[row], shift)
     row_key[row] = np.uint64(0)
-    row_state[row] = TAG_FREE
+    row_i32[row, I_STATE] = TAG_FREE
     free_rows[counters[C_FREE_TOP]] = row
     counters[C_FREE_TOP] += 1
 
@@ -37,13 +37,11 @@ def release_row(
 @jit
 def evict_stalest(
     n_evict: int,
-    slot_keys: np.ndarray,
-    slot_rows: np.ndarray,
+    slots: np.ndarray,
     shift: np.uint64,
     row_key: np.ndarray,
-    row_zone: np.ndarray,
-    row_state: np.ndarray,
-    row_last: np.ndarray,
+    row_i32: np.ndarray,
+    row_f64: np.ndarray,
     free_rows: np.ndarray,
     counters: np.ndarray,
     zone_count: np.ndarray,
@@ -56,11 +54,12 @@ def evict_stalest(
     costing a full sort per read.
     """
     by_key = np.argsort(row_key, kind="mergesort")
-    order = by_key[np.argsort(row_last[by_key], kind="mergesort")]
+    last = np.ascontiguousarray(row_f64[:, F_LAST])
+    order = by_key[np.argsort(last[by_key], kind="mergesort")]
     n = min(n_evict, order.size)
     for j in range(n):
         row = order[j]
-        if row_state[row] == TAG_IN:
-            zone_count[row_zone[row]] -= 1
-        release_row(row, slot_keys, slot_rows, shift, row_key, row_state, free_rows, counters)
+        if row_i32[row, I_STATE] == TAG_IN:
+            zone_count[row_i32[row, I_ZONE]] -= 1
+        release_row(row, slots, shift, row_key, row_i32, free_rows, counters)
         counters[C_EVICTIONS] += 1

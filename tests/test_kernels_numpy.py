@@ -63,13 +63,14 @@ def streams(draw: st.DrawFn) -> tuple[Topology, list[list[tuple[float, int, int]
 
 def engine_tags(e: ZoneEngine) -> dict[int, tuple[int, float, float, bool]]:
     """ZoneEngine's per-tag state in NumpyIngest.tag_state's shape (read from its rows)."""
-    used = np.flatnonzero(e._row_state != TAG_FREE)
+    f = e.tag_fields()
+    used = np.flatnonzero(f["row_state"] != TAG_FREE)
     return {
-        int(e._row_key[i]): (
-            int(e._row_zone[i]),
-            float(e._row_first[i]),
-            float(e._row_last[i]),
-            bool(e._row_entry[i]),
+        int(f["row_key"][i]): (
+            int(f["row_zone"][i]),
+            float(f["row_first"][i]),
+            float(f["row_last"][i]),
+            bool(f["row_entry"][i]),
         )
         for i in used
     }
