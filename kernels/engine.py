@@ -47,7 +47,7 @@ from .state import (
     named_from,
     table_bits,
 )
-from .topology import Topology
+from .topology import KIND_AREA, Topology
 
 __all__ = [
     "FLOAT_METRICS",
@@ -335,6 +335,22 @@ def assign_changed(dst: np.ndarray, src: np.ndarray) -> None:
         dst[lo:hi] = src[lo:hi]
 
 
+def sort_lines(lines: QueueLines, queue_zones: np.ndarray) -> None:
+    """Sort each queue's segments of ``lines`` (queue_order.queue_entries) in place.
+
+    queue_zones: int64[Q], the queue zones' indices. Plain numpy, not compiled: numpy's sort
+    of float64 is some 9x faster than the one compiled kernels get (1.8 against 0.2 ms for
+    ten lines of 2,500 tags), and this sort was most of a tick."""
+    first, off, one, one_n = lines.first, lines.off, lines.one, lines.one_n
+    for z in queue_zones.tolist():
+        lo, hi = int(off[z]), int(off[z + 1])
+        if hi - lo > 1:
+            first[lo:hi].sort()
+        n = int(one_n[z])
+        if n > 1:
+            one[lo : lo + n].sort()
+
+
 # Engine attributes a snapshot holds besides the state arrays (scalars, as 0-d arrays).
 _SNAPSHOT_SCALARS = ("_now", "_t_start", "_t_seen", "_obs_start", "_gap_lo", "_gap_hi")
 
@@ -448,9 +464,11 @@ class ZoneEngine:
         self._dep_n = np.zeros(z, dtype=np.int64)
         self._arr_t = np.zeros((z, p.history), dtype=np.float64)
         self._arr_n = np.zeros(z, dtype=np.int64)
-        self._q_first = np.zeros(m, dtype=np.float64)  # queue_order.queue_entries (scratch)
+        self._queue_zones = np.flatnonzero(topo.zone_kind != KIND_AREA)
+        # queue_order.queue_entries' scratch (M tags, and a spare entry)
+        self._q_first = np.zeros(m + 1, dtype=np.float64)
         self._q_off = np.zeros(z + 1, dtype=np.int64)
-        self._q_one = np.zeros(m, dtype=np.float64)  # ... single-read tags in line (scratch)
+        self._q_one = np.zeros(m + 1, dtype=np.float64)  # ... single-read tags in line
         self._q_one_n = np.zeros(z, dtype=np.int64)
         self._now = -np.inf
         self._t_start = np.inf  # earliest read or tick seen (see rate_span_s)
@@ -565,6 +583,7 @@ class ZoneEngine:
             self._k_hist,
         )
         self._queue_entries.call(t.zone_kind, self._k_zones, self._k_rows, self._k_lines)
+        sort_lines(self._k_lines, self._queue_zones)
         out_f = np.empty((N_FLOAT_METRICS, t.n_zones), dtype=np.float64)
         method = np.zeros(t.n_zones, dtype=np.int8)
         ql_method = np.zeros(t.n_zones, dtype=np.int8)
@@ -599,7 +618,8 @@ class ZoneEngine:
     # -- checkpoints -----------------------------------------------------------------------
     def _state_arrays(self) -> dict[str, np.ndarray]:
         """The state arrays a snapshot holds as they are (the packed ones: PACKED_COLUMNS)."""
-        skip = ("_q_first", "_q_off", "_q_one", "_q_one_n", *PACKED_COLUMNS)  # scratch
+        scratch = ("_q_first", "_q_off", "_q_one", "_q_one_n", "_queue_zones")
+        skip = (*scratch, *PACKED_COLUMNS)
         return {
             name: value
             for name, value in vars(self).items()

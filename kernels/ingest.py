@@ -68,8 +68,8 @@ from .tag_rows import evict_stalest
 from .topology import KIND_AREA, ROLE_ENTRY, ROLE_EXIT, ROLE_PRESENCE
 
 # How many reads ahead ingest_reads prefetches a hash slot, and a tag row.
-PF_SLOT = 16
-PF_ROW = 8
+PF_SLOT = 48
+PF_ROW = 24
 
 # What a read does to a tag already in its reader's zone (ingest_reads' fast path).
 FAST_INTERVAL = 1

@@ -1,9 +1,10 @@
 """The line in each queue zone as sorted entry times, for the FIFO frontier and the forecast.
 
 After the tick's departures are swept, ``queue_entries`` writes the first-read times of every
-tag in each queue zone, sorted ascending, into one buffer: zone z's tags are
+tag in each queue zone into one buffer: zone z's tags are
 ``out_first[out_off[z]:out_off[z + 1]]`` (``out_off[z + 1] - out_off[z] == zone_count[z]``;
-area zones get empty segments). One pass over the tag rows plus a sort per queue zone.
+area zones get empty segments), in one pass over the tag rows; the engine then sorts each
+segment ascending (``engine.sort_lines``: numpy's sort, outside the compiled kernels).
 
 ``fifo_frontier`` is the earliest entry time among the last K measured exits of a queue (K =
 ``fifo_witnesses``; -inf until K exits were measured). In a FIFO line everyone who entered
@@ -32,10 +33,10 @@ def queue_entries(
     zone_kind: int8[Z], KIND_QUEUE | KIND_AREA (TopologyArrays.zone_kind).
     zones: ``tags`` read (tags in each zone).
     rows: state, zone, first, nreads (packed columns) and ``entry`` read.
-    lines: written: ``first`` (float64[M]) and ``off`` (int64[Z + 1]), zone z's sorted entry
-        times in ``first[off[z]:off[z + 1]]``; and ``one`` (float64[M]) the same way, zone
-        z's segment starting at ``off[z]``, with the ``one_n[z]`` tags that joined by a
-        single entry read (the stray candidates).
+    lines: written: ``first`` (float64[M + 1]) and ``off`` (int64[Z + 1]), zone z's entry
+        times in ``first[off[z]:off[z + 1]]``; and ``one`` (float64[M + 1]) the same way,
+        zone z's segment starting at ``off[z]``, with the ``one_n[z]`` tags that joined by a
+        single entry read (the stray candidates). In row order: ``engine.sort_lines`` sorts them.
     """
     zone_count = zones.tags
     row_i32, row_f64, row_entry = rows.i32, rows.f64, rows.entry
@@ -47,23 +48,20 @@ def queue_entries(
         out_off[z + 1] = out_off[z] + n
         out_one_n[z] = 0
     fill = out_off[:nz].copy()
+    # Every tag in a zone is written, an area's to the spare last entry (index M) and a
+    # queue's to its place, with selects: whether a row's zone is a queue changes from row
+    # to row, and a mispredicted branch per row cost more than the scan.
+    spare = out_first.size - 1
     for row in range(row_i32.shape[0]):
         if row_i32[row, I_STATE] == TAG_IN:
             z = row_i32[row, I_ZONE]
-            if zone_kind[z] != KIND_AREA:
-                first = row_f64[row, F_FIRST]
-                out_first[fill[z]] = first
-                fill[z] += 1
-                if row_entry[row] == 1 and row_i32[row, I_NREADS] == 1:
-                    out_one[out_off[z] + out_one_n[z]] = first
-                    out_one_n[z] += 1
-    for z in range(nz):
-        lo, hi = out_off[z], out_off[z + 1]
-        if hi - lo > 1:
-            out_first[lo:hi] = np.sort(out_first[lo:hi])
-        hi = lo + out_one_n[z]
-        if hi - lo > 1:
-            out_one[lo:hi] = np.sort(out_one[lo:hi])
+            queue = zone_kind[z] != KIND_AREA
+            first = row_f64[row, F_FIRST]
+            out_first[fill[z] if queue else spare] = first
+            fill[z] += queue
+            one = queue & (row_entry[row] == 1) & (row_i32[row, I_NREADS] == 1)
+            out_one[out_off[z] + out_one_n[z] if one else spare] = first
+            out_one_n[z] += one
 
 
 @jit

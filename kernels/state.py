@@ -187,13 +187,13 @@ class QueueLines(NamedTuple):
     window_stats.zone_metrics: each queue's line as sorted entry times."""
 
     first: np.ndarray
-    """float64[M] s: first-read times of the tags in each queue zone, zone z's ascending in
-    ``first[off[z]:off[z + 1]]``."""
+    """float64[M + 1] s: first-read times of the tags in each queue zone, zone z's ascending
+    in ``first[off[z]:off[z + 1]]`` (the last entry is spare: queue_entries' scratch)."""
     off: np.ndarray
     """int64[Z + 1]: segment offsets into ``first`` (areas: empty segments)."""
     one: np.ndarray
-    """float64[M] s: entry times of the tags in line that joined by a single entry read,
-    zone z's in ``one[off[z]:off[z] + one_n[z]]``."""
+    """float64[M + 1] s: entry times of the tags in line that joined by a single entry read,
+    zone z's in ``one[off[z]:off[z] + one_n[z]]`` (the last entry is spare)."""
     one_n: np.ndarray
     """int64[Z]: how many of them per zone."""
 
