@@ -618,8 +618,9 @@ class ZoneEngine:
     # -- checkpoints -----------------------------------------------------------------------
     def _state_arrays(self) -> dict[str, np.ndarray]:
         """The state arrays a snapshot holds as they are (the packed ones: PACKED_COLUMNS)."""
-        scratch = ("_q_first", "_q_off", "_q_one", "_q_one_n", "_queue_zones")
-        skip = (*scratch, *PACKED_COLUMNS)
+        scratch = ("_q_first", "_q_off", "_q_one", "_q_one_n")
+        derived = ("_queue_zones",)  # from the topology
+        skip = (*scratch, *derived, *PACKED_COLUMNS)
         return {
             name: value
             for name, value in vars(self).items()

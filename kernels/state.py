@@ -183,8 +183,9 @@ class History(NamedTuple):
 
 
 class QueueLines(NamedTuple):
-    """Scratch written by queue_order.queue_entries at each tick and read by
-    window_stats.zone_metrics: each queue's line as sorted entry times."""
+    """Scratch written by queue_order.queue_entries at each tick (sorted by
+    engine.sort_lines) and read by window_stats.zone_metrics: each queue's line as sorted
+    entry times."""
 
     first: np.ndarray
     """float64[M + 1] s: first-read times of the tags in each queue zone, zone z's ascending

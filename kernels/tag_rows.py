@@ -54,8 +54,7 @@ def evict_stalest(
     costing a full sort per read.
     """
     by_key = np.argsort(row_key, kind="mergesort")
-    last = np.ascontiguousarray(row_f64[:, F_LAST])
-    order = by_key[np.argsort(last[by_key], kind="mergesort")]
+    order = by_key[np.argsort(row_f64[by_key, F_LAST], kind="mergesort")]
     n = min(n_evict, order.size)
     for j in range(n):
         row = order[j]
