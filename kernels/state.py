@@ -58,6 +58,11 @@ S_KEY = 0
 S_ROW = 1
 """the key's tag row, as uint64 (0 in an empty slot: read only where the key matched)."""
 
+ROW_FIELDS = 4
+"""fields per tag in TagRows.f64 and TagRows.i32; flattened (``.reshape(-1)``, as the per-read
+kernels index them: unsigned flat indices compile without wraparound code), tag row k's field
+c is at ``ROW_FIELDS * k + c``."""
+
 # TagRows.f64 columns (float64[M, 4]: 32 bytes, half a cache line, per tag).
 F_LAST = 0
 """s: latest read of the tag (never runs backwards)."""

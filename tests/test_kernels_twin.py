@@ -28,6 +28,7 @@ from kernels import (
     ZoneEngine,
 )
 from kernels.backends import choose
+from kernels.ingest import CHUNK
 
 # Half-second timestamps: exact in float64 and often equal, so ties in the sort matter.
 offsets = st.integers(min_value=-10, max_value=10).map(lambda k: k / 2)
@@ -172,3 +173,57 @@ def test_engine_matches_reference(backend: str, sc: dict[str, Any]) -> None:
             ref.restore(snap_ref, clock)
     assert_same(fast.tick(clock + 100.0), ref.tick(clock + 100.0))
     assert fast.live_tags == ref.live_tags
+
+
+@pytest.mark.parametrize("backend", ["aot", "jit"])
+# 64 rows evict in every batch (every read is then applied in order); 1,000 never do, so the
+# kernel applies the common reads ahead of reads that take its general path (ingest.py)
+@pytest.mark.parametrize("max_tags", [64, 1000])
+@pytest.mark.parametrize("order", ["ascending", "shuffled"])
+def test_long_batches_match_reference(backend: str, max_tags: int, order: str) -> None:
+    """Batches longer than the kernel's chunk of reads (ingest.CHUNK), where a tag's reads
+    that take the general path (joins, moves, exits, BLE adverts, streaks) are followed in
+    the same chunk, and across a chunk's end, by its common reads and by other tags'."""
+    kernels = choose(backend)
+    topo = Topology(
+        reader_zone=np.array([0, 0, 0, 1, 2, 2]),
+        reader_role=np.array(
+            [ROLE_ENTRY, ROLE_EXIT, ROLE_PRESENCE, ROLE_PRESENCE, ROLE_PRESENCE, ROLE_PRESENCE]
+        ),
+        zone_kind=np.array([KIND_QUEUE, KIND_AREA, KIND_AREA]),
+        zone_timeout_s=np.array([60.0, 10.0, 30.0]),
+        reader_rssi_floor=np.array([-np.inf, -np.inf, -np.inf, -np.inf, -80.0, -np.inf]),
+        reader_min_reads=np.array([1, 1, 1, 2, 1, 1]),
+    )
+    params = {"max_tags": max_tags, "fifo_witnesses": 2, "min_measured_waits": 1}
+    fast = ZoneEngine(topo, kernels=kernels, **params)
+    ref = ReferenceEngine(topo, **params)
+    rng = np.random.default_rng(11)
+    n = 2 * CHUNK + 777
+    clock = 1000.0
+    for _ in range(3):
+        ts = clock + np.sort(rng.random(n)) * 60.0
+        clock = float(ts[-1])
+        if order == "shuffled":  # a third of the batch out of order, with NaN timestamps
+            k = rng.choice(n, n // 3, replace=False)
+            ts[k] = ts[rng.permutation(k)]
+            ts[k[:20]] = np.nan
+        # 300 tags, each mostly read where it last was (the common read), sometimes moving
+        tag = rng.integers(1, 301, n).astype(np.uint64)
+        reader = rng.integers(0, 6, n).astype(np.int32)
+        where = {}
+        for j in range(n):
+            t = int(tag[j])
+            if t in where and rng.random() < 0.9:
+                reader[j] = where[t]
+            where[t] = int(reader[j])
+        rssi = np.where(
+            (reader >= 4) & (rng.random(n) < 0.5), rng.integers(-95, -45, n), np.nan
+        ).astype(np.float32)
+        fast.ingest(ts, tag, reader, rssi)
+        ref.ingest(ts, tag, reader, rssi)
+        assert (fast.reads, fast.bad_reads) == (ref.reads, ref.bad_reads)
+        assert fast.filtered_reads == ref.filtered_reads
+        assert (fast.live_tags, fast.evictions) == (ref.live_tags, ref.evictions)
+        assert_same(fast.tick(clock + 1.0), ref.tick(clock + 1.0))
+    assert_same(fast.tick(clock + 100.0), ref.tick(clock + 100.0))
