@@ -21,6 +21,7 @@ from .state import S_KEY, S_ROW, table_bits
 
 __all__ = [
     "home_slot",
+    "probe",
     "table_bits",
     "table_find",
     "table_remove",
@@ -39,20 +40,31 @@ def home_slot(key: np.uint64, shift: np.uint64) -> np.int64:
 
 
 @jit
-def table_find(slots: np.ndarray, key: np.uint64, shift: np.uint64) -> int:
+def probe(flat: np.ndarray, key: np.uint64, shift: np.uint64) -> tuple[np.uint64, bool]:
+    """The probe for ``key``: ``(i, True)`` for the slot holding it, ``(i, False)`` for the
+    empty slot that ends its probe. ``flat``: the slots flattened (``slots.reshape(-1)``:
+    slot i's key at 2 i + S_KEY, its row at 2 i + S_ROW). Indices are unsigned, so numba
+    emits no negative-index wraparound code: a lookup is a few instructions and a load."""
+    two = np.uint64(2)
+    mask = np.uint64(flat.size // 2 - 1)
+    i = np.uint64(home_slot(key, shift))
+    while True:
+        k = flat[i * two + np.uint64(S_KEY)]
+        if k == key:
+            return i, True
+        if k == 0:
+            return i, False
+        i = (i + np.uint64(1)) & mask
+
+
+@jit
+def table_find(slots: np.ndarray, key: np.uint64, shift: np.uint64) -> np.int64:
     """Slot index holding ``key``, or ``-1 - i`` where ``i`` is the empty slot that ends its probe.
 
     Callers insert at ``-1 - result`` when the result is negative (if there is room).
     """
-    mask = np.int64(slots.shape[0] - 1)
-    i = home_slot(key, shift)
-    while True:
-        k = slots[i, S_KEY]
-        if k == key:
-            return i
-        if k == 0:
-            return -1 - i
-        i = (i + 1) & mask
+    i, hit = probe(slots.reshape(-1), key, shift)
+    return np.int64(i) if hit else -1 - np.int64(i)
 
 
 @jit

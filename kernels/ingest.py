@@ -53,7 +53,7 @@ from .codes import (
     TAG_IN,
     TAG_PENDING,
 )
-from .hashtable import home_slot, table_find, table_row, table_set
+from .hashtable import home_slot, probe, table_find, table_row, table_set
 from .history import push_arrival, push_departure, push_fifo_witness
 from .state import (
     F_FIRST,
@@ -65,7 +65,6 @@ from .state import (
     I_STATE,
     I_ZONE,
     ROW_FIELDS,
-    S_KEY,
     S_ROW,
     BleCandidates,
     History,
@@ -142,28 +141,20 @@ def lookup_rows(tag: np.ndarray, slots: np.ndarray, shift: np.uint64, found: np.
 
     The lookups do not depend on each other, so the CPU overlaps their cache misses as it
     does in a bare hash loop, helped by a prefetch of the hash slot PF_SLOT reads ahead.
-    Indices are unsigned: numba then emits no negative-index wraparound (a shift, an and
-    and a load of the array's length on every access), which was a quarter of this loop.
+    Indices are unsigned (hashtable.probe): numba then emits no negative-index wraparound
+    (a shift, an and and a load of the array's length on every access), a quarter of this
+    loop when they were signed.
     """
     n = tag.size
     two = np.uint64(2)
-    mask = np.uint64(slots.size // 2 - 1)
     missing = np.int64(0)
     for jj in range(n):
         j = np.uint64(jj)
         if jj + PF_SLOT < n:
             prefetch(slots, np.uint64(home_slot(tag[j + np.uint64(PF_SLOT)], shift)) * two)
         key = tag[j]
-        s = np.uint64(home_slot(key, shift))
-        row = np.int64(-1)
-        while True:
-            k = slots[s * two + np.uint64(S_KEY)]
-            if k == key:
-                row = np.int64(slots[s * two + np.uint64(S_ROW)])
-                break
-            if k == 0:
-                break
-            s = (s + np.uint64(1)) & mask
+        s, hit = probe(slots, key, shift)
+        row = np.int64(slots[s * two + np.uint64(S_ROW)]) if hit else np.int64(-1)
         if key == 0:  # (matched an empty slot)
             row = np.int64(-1)
         found[j] = row
@@ -252,16 +243,9 @@ def common_reads(
                 and i32[at + np.uint64(I_STATE)] == TAG_IN
                 and np.uint64(i32[at + np.uint64(I_ZONE)]) == z
             ):
-                t = ts[j]
-                last = f64[at + np.uint64(F_LAST)]
-                if t < last:  # a late read counts as read at the tag's last read
-                    t = last
-                interval(at, t, last, f == FAST_INTERVAL, ivl0[z], alpha, f64)
-                if f == FAST_COUNT:  # (a branch measured faster than an add of 0 or 1)
-                    i32[at + np.uint64(I_NREADS)] += 1
-                f64[at + np.uint64(F_LAST)] = t
-                if pend_on:
-                    i32[at + np.uint64(I_PEND_KEY)] = -1
+                # a late read counts as read at the tag's last read
+                common_read(at, max(ts[j], f64[at + np.uint64(F_LAST)]), f, ivl0[z], alpha,
+                            pend_on, f64, i32)
                 applied += 1
                 continue
             held_rows[word] |= bit
@@ -460,14 +444,8 @@ def ingest_reads(
             # update, which differs by the reader's kind, is done by selects.
             f = fast[r]
             if state == TAG_IN and f != 0 and not ble_read and row_i32[row, I_ZONE] == z:
-                last = row_f64[row, F_LAST]
-                interval(np.uint64(row) * width, t, last, f == FAST_INTERVAL, ivl0[z],
-                         interval_alpha, f64_flat)
-                if f == FAST_COUNT:  # (a branch measured faster than an add of 0 or 1)
-                    row_i32[row, I_NREADS] += 1
-                row_f64[row, F_LAST] = t
-                if pend_on:
-                    row_i32[row, I_PEND_KEY] = -1
+                common_read(np.uint64(row) * width, t, f, ivl0[z], interval_alpha, pend_on,
+                        f64_flat, i32_flat)
                 continue
 
             pending_row = state == TAG_PENDING
@@ -651,6 +629,30 @@ def ingest_reads(
     if n_order == 0:
         return np.inf, -np.inf
     return ts[0], ts[n_order - 1]  # in time order
+
+
+@jit
+def common_read(
+    at: np.uint64,
+    t: float,
+    f: int,
+    base0: float,
+    alpha: float,
+    pend_on: bool,
+    f64: np.ndarray,
+    i32: np.ndarray,
+) -> None:
+    """The common read (see common_reads) at time ``t`` (s, not before the tag's last read)
+    of the tag whose fields start at ``at`` = ROW_FIELDS * row in the flattened rows ``f64``
+    and ``i32``: ``f`` (FAST_INTERVAL or FAST_COUNT) says what the reader's read does,
+    ``base0`` is the zone's starting interval; with ``pend_on`` it ends a pending streak."""
+    last = f64[at + np.uint64(F_LAST)]
+    interval(at, t, last, f == FAST_INTERVAL, base0, alpha, f64)
+    if f == FAST_COUNT:  # (a branch measured faster than an add of 0 or 1)
+        i32[at + np.uint64(I_NREADS)] += 1
+    f64[at + np.uint64(F_LAST)] = t
+    if pend_on:
+        i32[at + np.uint64(I_PEND_KEY)] = -1
 
 
 @jit
