@@ -33,6 +33,7 @@ from .state import (
     I_PEND_KEY,
     I_STATE,
     I_ZONE,
+    ROW_FIELDS,
     S_KEY,
     S_ROW,
     BleCandidates,
@@ -423,9 +424,9 @@ class ZoneEngine:
         # The fields every read touches, packed per tag (state.F_*, I_*: last read, read
         # interval EWMA (NaN: none) and its deviation, first read; state, zone, reads at the
         # reader that made the state (strays), the reader of a streak short of min_reads).
-        self._row_f64 = np.zeros((m, 4), dtype=np.float64)
+        self._row_f64 = np.zeros((m, ROW_FIELDS), dtype=np.float64)
         self._row_f64[:, F_IVL] = np.nan
-        self._row_i32 = np.zeros((m, 4), dtype=np.int32)
+        self._row_i32 = np.zeros((m, ROW_FIELDS), dtype=np.int32)
         self._row_i32[:, I_ZONE] = -1
         self._row_i32[:, I_PEND_KEY] = -1
         self._row_key = np.zeros(m, dtype=np.uint64)
